@@ -1,0 +1,49 @@
+"""rldskit: typed RLDS episodes for robot learning.
+
+``import rldskit`` is cheap (numpy only): TensorFlow, Beam, JAX and torch are imported inside
+the functions that need them. The names below are loaded on first use.
+
+* :class:`EpisodeSpec`, :func:`load_spec`: the schema (``rldskit.spec``)
+* :class:`Episode`: a columnar episode (``rldskit.episode``)
+* :class:`EpisodeLogger`: crash-safe capture on the robot (``rldskit.capture``)
+* :func:`read_episode`, :func:`scan_episode`, :func:`recover_episode`: the capture readers
+* :func:`validate`, :func:`validate_paths`, :class:`Gates`, :class:`Report`: validation
+* :func:`write_synthetic`: realistic synthetic episodes (``rldskit.synth``)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "EpisodeSpec": "rldskit.spec", "load_spec": "rldskit.spec", "SpecError": "rldskit.spec",
+    "Tensor": "rldskit.spec", "Scalar": "rldskit.spec", "Image": "rldskit.spec", "Text": "rldskit.spec",
+    "builtin_spec_names": "rldskit.spec",
+    "Episode": "rldskit.episode", "LazyFrames": "rldskit.episode", "assert_episodes_equal": "rldskit.episode",
+    "EpisodeLogger": "rldskit.capture",
+    "read_episode": "rldskit.formats.capture_dir", "scan_episode": "rldskit.formats.capture_dir",
+    "recover_episode": "rldskit.formats.capture_dir", "find_episodes": "rldskit.formats.capture_dir",
+    "EpisodeError": "rldskit.formats.capture_dir",
+    "validate": "rldskit.validate", "validate_paths": "rldskit.validate", "Gates": "rldskit.validate",
+    "Report": "rldskit.validate",
+    "Issue": "rldskit.issues",
+    "write_synthetic": "rldskit.synth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'rldskit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

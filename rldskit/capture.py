@@ -1,0 +1,269 @@
+"""Crash-safe episode capture on the robot.
+
+``EpisodeLogger(root, spec)`` records episodes into ``root/<episode_id>/`` in the capture
+layout described in :mod:`rldskit.formats.capture_dir`::
+
+    logger = EpisodeLogger("/data/episodes", load_spec("pi5_donkey.v1"))
+    logger.start_episode(environment_id="track_a", control_role="user", tags=["origin:pi5"])
+    for ...:
+        logger.log_step(observation={"image": jpeg_bytes, "speed": 0.4},
+                        action=[steer, throttle], reward=0.0,
+                        timestamps={"camera": t_cam, "control": t_ctl},
+                        extras={"control_mode": "user"})
+    logger.end_episode(terminal=False)        # truncated (time limit) vs terminal (goal/crash)
+
+Each ``log_step`` checks the step against the spec (shape, dtype, image type) and raises
+``ValueError`` naming the field, so a wiring mistake fails on the first step rather than
+producing a dataset that fails validation later. Images may be given as encoded JPEG/PNG
+bytes (written as they are, no re-encode) or as ``(H, W, C)`` uint8 arrays (encoded with
+Pillow). A killed process loses at most the step being written; ``rldskit recover`` or
+``read_episode(..., recover=True)`` salvages the rest as a truncated episode.
+
+The root holds a ``schema.json`` copy of the spec, so the folder describes itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rldskit._io import atomic_write_bytes
+from rldskit.formats.capture_dir import FORMAT, EpisodeDirWriter
+from rldskit.spec import FLAG_KEYS, PRESENT_SUFFIX, EpisodeSpec, Image, Text
+
+__all__ = ["EpisodeLogger"]
+
+_RESERVED = {"observation", "action", "reward", "discount", "timestamp", *FLAG_KEYS}
+
+
+class EpisodeLogger:
+    """Records episodes under ``root`` for ``spec``. One episode open at a time.
+
+    ``chunk_steps``: lines per ``steps/*.jsonl`` chunk; ``compress``: zstd closed chunks;
+    ``durability``: ``"chunk"`` (default), ``"step"`` (fsync every step) or ``"none"``;
+    ``clock``: seconds source used when ``log_step`` gets no timestamps (default
+    ``time.time``)."""
+
+    def __init__(self, root: str | Path, spec: EpisodeSpec, *, chunk_steps: int = 1000, compress: bool = False,
+                 durability: str = "chunk", jpeg_quality: int = 90, clock=time.time):
+        self.root = Path(root)
+        self.spec = spec
+        self.chunk_steps = chunk_steps
+        self.compress = compress
+        self.durability = durability
+        self.jpeg_quality = jpeg_quality
+        self.clock = clock
+        self._writer: EpisodeDirWriter | None = None
+        self._meta: dict[str, Any] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+        schema_file = self.root / "schema.json"
+        if schema_file.exists():
+            from rldskit.spec import load_spec
+
+            existing = load_spec(schema_file)
+            if existing != spec:
+                raise ValueError(f"{schema_file} describes {existing.id} {existing.version}, not {spec.id} {spec.version}: "
+                                 "record different schemas into different folders")
+        else:
+            atomic_write_bytes(schema_file, spec.to_json().encode())
+        steps = spec.steps
+        self._extra_keys = [k for k in steps if k not in _RESERVED]
+        self._images = {p: leaf for p, leaf in spec.step_leaves.items() if isinstance(leaf, Image)}
+
+    @property
+    def recording(self) -> bool:
+        return self._writer is not None
+
+    @property
+    def episode_path(self) -> Path | None:
+        return self._writer.path if self._writer else None
+
+    def start_episode(self, environment_id: str = "", xr_mode: str = "", control_role: str = "",
+                      tags: Sequence[str] = (), *, episode_id: str | None = None,
+                      metadata: Mapping[str, Any] | None = None) -> str:
+        """Open a new episode folder and write its ``metadata.json`` (status ``recording``).
+        Returns the episode id (default: UTC time plus a random suffix, sortable)."""
+        if self._writer is not None:
+            raise RuntimeError(f"episode {self._meta['episode_id']} is still open: call end_episode first")
+        now = self.clock()
+        if episode_id is None:
+            episode_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "_" + uuid.uuid4().hex[:8]
+        if not episode_id or "/" in episode_id or episode_id.startswith(".") or os.sep in episode_id:
+            raise ValueError(f"episode_id {episode_id!r} must be a plain folder name")
+        extra = dict(metadata or {})
+        for k in extra:
+            if k not in self.spec.metadata_leaves:
+                raise ValueError(f"episode metadata {k!r} is not declared by {self.spec.id}")
+        self._meta = {
+            "format": FORMAT,
+            "schema": {"name": self.spec.name, "version": self.spec.version},
+            "status": "recording",
+            "episode_id": episode_id,
+            "environment_id": str(environment_id),
+            "xr_mode": str(xr_mode),
+            "control_role": str(control_role),
+            "tags": [str(t) for t in tags],
+            "start_time": float(now),
+            **extra,
+        }
+        self._writer = EpisodeDirWriter(self.root / episode_id, chunk_steps=self.chunk_steps,
+                                        compress=self.compress, durability=self.durability)
+        self._writer.write_metadata(self._meta)
+        return episode_id
+
+    def log_step(self, observation: Mapping[str, Any], action: Any, reward: float = 0.0, discount: float = 1.0,
+                 timestamps: Mapping[str, float] | None = None, extras: Mapping[str, Any] | None = None) -> int:
+        """Append one step; returns its index. ``timestamps`` maps stream name to seconds
+        (``{"camera": t, "control": t}``); streams not given get ``clock()``. ``extras`` holds
+        the spec's other step features (``control_mode``, ``language_instruction``, ...)."""
+        w = self._writer
+        if w is None:
+            raise RuntimeError("no episode is open: call start_episode first")
+        i = w.num_steps
+        line: dict[str, Any] = {
+            "observation": self._check_tree("observation", self.spec.steps["observation"], observation, i),
+            "action": self._check_value("action", self.spec.steps["action"], action, i),
+            "reward": self._check_value("reward", self.spec.steps["reward"], reward, i),
+            "discount": self._check_value("discount", self.spec.steps["discount"], discount, i),
+        }
+        ts_spec = self.spec.steps.get("timestamp")
+        if ts_spec is not None:
+            given = dict(timestamps or {})
+            unknown = set(given) - set(ts_spec)
+            if unknown:
+                raise ValueError(f"step {i}: timestamp streams {sorted(unknown)} are not declared (known: {sorted(ts_spec)})")
+            now = None
+            ts = {}
+            for k in ts_spec:
+                if k in given:
+                    ts[k] = float(given[k])
+                else:
+                    now = self.clock() if now is None else now
+                    ts[k] = float(now)
+            line["timestamp"] = ts
+        elif timestamps:
+            raise ValueError(f"step {i}: {self.spec.id} declares no timestamp streams")
+        extras = dict(extras or {})
+        for k in self._extra_keys:
+            node = self.spec.steps[k]
+            v = extras.pop(k, None)
+            if isinstance(node, Mapping):
+                line[k] = self._check_tree(k, node, v or {}, i)
+            else:
+                line[k] = self._check_value(k, node, v, i)
+        if extras:
+            raise ValueError(f"step {i}: extras {sorted(extras)} are not declared by {self.spec.id}")
+        # frames first (temp-then-rename), then the line that names them
+        for path, leaf in self._images.items():
+            node = line
+            *parents, name = path.split("/")
+            for p in parents:
+                node = node[p]
+            data = node[name]
+            if data is not None:
+                node[name] = w.write_frame(self.spec.camera_name(path), data, leaf.extension)
+        w.append_step(line)
+        return i
+
+    def end_episode(self, terminal: bool, *, final_observation: Mapping[str, Any] | None = None,
+                    timestamps: Mapping[str, float] | None = None, extras: Mapping[str, Any] | None = None,
+                    metadata: Mapping[str, Any] | None = None) -> Path:
+        """Finish the episode. ``terminal=True`` when it ended in a terminal state (goal,
+        crash); False when cut short (time limit, operator stop). ``final_observation``
+        appends the RLDS final step (observation only; action and reward are placeholders).
+        Returns the episode folder."""
+        w = self._writer
+        if w is None:
+            raise RuntimeError("no episode is open")
+        if not isinstance(terminal, bool):
+            raise TypeError("terminal must be True or False (termination vs truncation is never guessed)")
+        if final_observation is not None:
+            act_leaf = self.spec.steps["action"]
+            self.log_step(final_observation, np.zeros(act_leaf.shape, dtype=act_leaf.np_dtype) if not isinstance(act_leaf, Mapping) else {},
+                          reward=0.0, discount=0.0 if terminal else 1.0, timestamps=timestamps, extras=extras)
+        if w.num_steps == 0:
+            raise ValueError("an episode needs at least one step")
+        meta = dict(self._meta, status="complete", **(metadata or {}))
+        meta["end"] = {"num_steps": w.num_steps, "terminal": terminal, "end_time": float(self.clock())}
+        w.close(meta)
+        self._writer = None
+        return w.path
+
+    def close(self) -> None:
+        """Release the open episode without ending it (it stays 'recording', recoverable)."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def __enter__(self) -> EpisodeLogger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- checks
+    def _check_tree(self, prefix: str, node: Mapping[str, Any], value: Any, i: int) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"step {i}: {prefix} must be a dict of {sorted(node)}, got {type(value).__name__}")
+        unknown = set(value) - set(node) - {k + PRESENT_SUFFIX for k in node}
+        if unknown:
+            raise ValueError(f"step {i}: {prefix} has undeclared keys {sorted(unknown)} (declared: {sorted(node)})")
+        out = {}
+        for k, sub in node.items():
+            path = f"{prefix}/{k}"
+            if isinstance(sub, Mapping):
+                out[k] = self._check_tree(path, sub, value.get(k, {}), i)
+            else:
+                out[k] = self._check_value(path, sub, value.get(k), i)
+        return out
+
+    def _check_value(self, path: str, leaf: Any, v: Any, i: int) -> Any:
+        if v is None:
+            if getattr(leaf, "optional", False):
+                return None
+            raise ValueError(f"step {i}: {path} is required")
+        if isinstance(leaf, Mapping):
+            return self._check_tree(path, leaf, v, i)
+        if isinstance(leaf, Image):
+            return self._image_bytes(path, leaf, v, i)
+        if isinstance(leaf, Text):
+            if not isinstance(v, str):
+                raise ValueError(f"step {i}: {path} expects a string, got {type(v).__name__}")
+            if leaf.choices and v not in leaf.choices:
+                raise ValueError(f"step {i}: {path}={v!r} is not one of {list(leaf.choices)}")
+            return v
+        if leaf.dtype == "string":
+            return [str(s) for s in v]
+        arr = np.asarray(v)
+        want = leaf.np_dtype
+        if arr.dtype.kind not in {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}[want.kind] or \
+                arr.ndim != len(leaf.shape) or any(d is not None and d != s for d, s in zip(leaf.shape, arr.shape)):
+            raise ValueError(f"step {i}: {path} expects {leaf.dtype} of shape {list(leaf.shape)}, got {arr.dtype} {list(arr.shape)}")
+        return arr.astype(want, copy=False)
+
+    def _image_bytes(self, path: str, leaf: Image, v: Any, i: int) -> bytes:
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            b = bytes(v)
+            magic_ok = b.startswith(b"\xff\xd8") if leaf.encoding == "jpeg" else b.startswith(b"\x89PNG")
+            if not magic_ok:
+                raise ValueError(f"step {i}: {path} expects {leaf.encoding} bytes; these do not start like one")
+            return b
+        arr = np.asarray(v)
+        if arr.dtype != np.uint8 or arr.shape[:2] != leaf.shape[:2] or (arr.ndim == 3 and arr.shape[2] != leaf.shape[2]):
+            raise ValueError(f"step {i}: {path} expects encoded bytes or a uint8 array {list(leaf.shape)}, got {arr.dtype} {list(arr.shape)}")
+        from PIL import Image as PILImage
+
+        buf = io.BytesIO()
+        img = PILImage.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+        if leaf.encoding == "jpeg":
+            img.save(buf, format="JPEG", quality=self.jpeg_quality)
+        else:
+            img.save(buf, format="PNG")
+        return buf.getvalue()

@@ -1,0 +1,1 @@
+"""One module per on-disk format. A format module knows bytes, not policy."""

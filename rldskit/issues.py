@@ -1,0 +1,91 @@
+"""Validation issues: one record per problem, each with a stable code.
+
+An :class:`Issue` names the ``code`` (stable, documented in :data:`CODES`), its ``severity``
+(``error`` fails validation; ``warning`` fails only under ``--strict``), the ``episode`` (its
+path or id), the ``step`` (index, or ``None`` for episode-level problems), the ``field``
+(flat feature path, or ``None``) and a ``message`` that says what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ERROR = "error"
+WARNING = "warning"
+
+#: code -> (default severity, what it means). Codes never change meaning once released.
+CODES: dict[str, tuple[str, str]] = {
+    # reading
+    "PATH_NOT_FOUND": (ERROR, "a path given to validate does not exist"),
+    "NOT_AN_EPISODE": (ERROR, "a file or folder is not an episode in any known layout"),
+    "NO_EPISODES": (ERROR, "a folder holds no episodes"),
+    "READ_ERROR": (ERROR, "a file could not be read (permissions, I/O error, bad compression)"),
+    "METADATA_MISSING": (ERROR, "an episode folder has no metadata.json"),
+    "METADATA_INVALID": (ERROR, "metadata is not a JSON object or a field has the wrong type"),
+    "METADATA_FIELD_MISSING": (WARNING, "a standard episode-metadata field is absent (a default was used)"),
+    "JSON_INVALID": (ERROR, "a step line is not valid JSON or not a JSON object"),
+    "JSON_TRUNCATED": (ERROR, "the last step line is cut off (an unfinished write)"),
+    "EPISODE_UNFINISHED": (ERROR, "the episode was never ended (logger killed); `rldskit recover` salvages it"),
+    "STEPS_GAP": (ERROR, "step chunk files are missing or out of order"),
+    "STEP_COUNT_MISMATCH": (ERROR, "the number of steps differs from the count recorded at end_episode"),
+    "TERMINAL_UNKNOWN": (WARNING, "no flags and no end record: is_terminal cannot be known, taken as truncated"),
+    # schema
+    "SCHEMA_MISMATCH": (ERROR, "the episode was recorded for another schema or major version"),
+    "SCHEMA_MINOR_MISMATCH": (WARNING, "the episode was recorded for another minor/patch version of the schema"),
+    "FIELD_MISSING": (ERROR, "a required feature is absent from a step"),
+    "FIELD_UNEXPECTED": (WARNING, "a step carries a feature the schema does not declare"),
+    "FIELD_TYPE": (ERROR, "a value has the wrong JSON type (string for a number, list for a scalar, ...)"),
+    "FIELD_SHAPE": (ERROR, "a value has the wrong shape"),
+    "FIELD_DTYPE": (ERROR, "a value does not fit the declared dtype (fraction in an int, out of range)"),
+    "TEXT_CHOICE": (ERROR, "a text value is not one of the declared choices"),
+    "TEXT_TOO_LONG": (ERROR, "a text value is longer than max_length"),
+    # values
+    "NON_FINITE": (ERROR, "NaN or infinity in a numeric feature"),
+    "OUT_OF_BOUNDS": (ERROR, "a value is outside its declared or gated bounds"),
+    "PLACEHOLDER_MISMATCH": (WARNING, "an absent optional signal holds something other than its placeholder"),
+    "LAST_STEP_VALUE": (WARNING, "under the RLDS last-step convention, the last action/reward should be placeholders"),
+    # RLDS flags
+    "FLAG_IS_FIRST": (ERROR, "is_first must be True at step 0 and only there"),
+    "FLAG_IS_LAST": (ERROR, "is_last must be True at the last step and only there"),
+    "FLAG_IS_TERMINAL": (ERROR, "is_terminal may only be True where is_last is True"),
+    "DISCOUNT_RANGE": (ERROR, "discount outside [0, 1]"),
+    # time
+    "TIMESTAMP_NON_MONOTONIC": (ERROR, "a stream's timestamps go backwards"),
+    "TIMESTAMP_DUPLICATE": (ERROR, "a stream repeats a timestamp"),
+    "TIMESTAMP_SKEW": (ERROR, "two streams' timestamps in one step differ by more than the gate"),
+    "RATE_OUT_OF_BAND": (ERROR, "the episode's median control rate is outside the gate's band"),
+    # images
+    "IMAGE_MISSING": (ERROR, "a frame file referenced by a step is absent"),
+    "IMAGE_PATH": (ERROR, "a frame path escapes the episode folder or is not a string"),
+    "IMAGE_UNDECODABLE": (ERROR, "a frame cannot be decoded"),
+    "IMAGE_SIZE": (ERROR, "a frame's size or channel count differs from the schema"),
+    "IMAGE_ENCODING": (WARNING, "a frame is PNG where JPEG is declared, or the reverse"),
+    # dataset level
+    "TOO_FEW_STEPS": (ERROR, "an episode has fewer steps than min_steps"),
+    "TOO_FEW_EPISODES": (ERROR, "fewer episodes than min_episodes"),
+    "DUPLICATE_EPISODE_ID": (ERROR, "two episodes share an episode_id"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """One problem found in one episode (or the dataset). See the module docstring."""
+
+    code: str
+    severity: str
+    episode: str | None
+    step: int | None
+    field: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def issue(code: str, episode: str | None, message: str, *, step: int | None = None,
+          field: str | None = None, severity: str | None = None) -> Issue:
+    """Make an :class:`Issue` with the code's default severity."""
+    if code not in CODES:
+        raise KeyError(f"unknown issue code {code!r}")
+    return Issue(code, severity or CODES[code][0], episode, None if step is None else int(step), field, message)
