@@ -228,7 +228,8 @@ def _episode_of(path: str) -> str | None:
             obj = json.loads(p.read_bytes()) if b'"steps"' in head else None
         except (OSError, ValueError):
             return str(p)  # unreadable/corrupt .json among episodes: let validate report it
-        return str(p) if isinstance(obj, dict) and "steps" in obj else None
+        # a single-file episode's "steps" is a list; a schema file's is an object
+        return str(p) if isinstance(obj, dict) and isinstance(obj.get("steps"), list) else None
     return None
 
 

@@ -17,6 +17,7 @@ and reward are placeholders and consumers must ignore them; under ``'valid'`` th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -29,29 +30,38 @@ __all__ = ["Episode", "LazyFrames", "rlds_flags", "nest", "flatten_step", "asser
 class LazyFrames(Sequence):
     """``T`` encoded frames living in files; ``frames[i]`` reads and returns the bytes.
 
-    Keeps validation and conversion from holding every JPEG of an episode in memory."""
+    Keeps validation and conversion from holding every JPEG of an episode in memory. File
+    names are kept as strings (building 100k ``Path`` objects costs more than validating)."""
 
-    __slots__ = ("paths",)
+    __slots__ = ("_files",)
 
     def __init__(self, paths: Sequence[str | Path]):
-        self.paths = [Path(p) for p in paths]
+        self._files = [os.fspath(p) for p in paths]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(p) for p in self._files]
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self._files)
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            return LazyFrames(self.paths[i])
-        return self.paths[i].read_bytes()
+            return LazyFrames(self._files[i])
+        with open(self._files[i], "rb") as f:
+            return f.read()
+
+    def path(self, i: int) -> Path:
+        return Path(self._files[i])
 
     def to_numpy(self) -> np.ndarray:
-        out = np.empty(len(self.paths), dtype=object)
-        for i, p in enumerate(self.paths):
-            out[i] = p.read_bytes()
+        out = np.empty(len(self._files), dtype=object)
+        for i in range(len(self._files)):
+            out[i] = self[i]
         return out
 
     def __repr__(self) -> str:
-        return f"LazyFrames({len(self)} files{', first ' + str(self.paths[0]) if self.paths else ''})"
+        return f"LazyFrames({len(self)} files{', first ' + self._files[0] if self._files else ''})"
 
 
 Column = Union[np.ndarray, LazyFrames]
@@ -161,11 +171,10 @@ class Episode(Sequence):
     def diff(self, other: Episode, *, atol: float = 0.0) -> list[str]:
         """Human-readable differences (metadata keys, columns, first differing step)."""
         out: list[str] = []
-        if self.metadata != other.metadata:
-            keys = sorted(set(self.metadata) | set(other.metadata))
-            for k in keys:
-                if self.metadata.get(k, "<absent>") != other.metadata.get(k, "<absent>"):
-                    out.append(f"metadata[{k!r}]: {self.metadata.get(k, '<absent>')!r} != {other.metadata.get(k, '<absent>')!r}")
+        for k in sorted(set(self.metadata) | set(other.metadata)):
+            a, b = self.metadata.get(k, "<absent>"), other.metadata.get(k, "<absent>")
+            if not _obj_equal(a, b):  # not `!=`: values may be arrays, and NaN equals NaN here
+                out.append(f"metadata[{k!r}]: {a!r} != {b!r}")
         if len(self) != len(other):
             out.append(f"length {len(self)} != {len(other)}")
             return out
@@ -221,9 +230,17 @@ def _first_mismatch(a: np.ndarray, b: np.ndarray, atol: float) -> int | None:
 
 
 def _obj_equal(x: Any, y: Any) -> bool:
-    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
-        return np.array_equal(np.asarray(x), np.asarray(y))
-    return x == y
+    """Equality of two cell or metadata values: arrays element-wise, NaN equal to NaN."""
+    if isinstance(x, (np.ndarray, list, tuple)) or isinstance(y, (np.ndarray, list, tuple)):
+        try:
+            a, b = np.asarray(x), np.asarray(y)
+        except ValueError:  # ragged nested lists
+            return bool(x == y)
+        nan = a.dtype.kind in "fc" and b.dtype.kind in "biufc" or b.dtype.kind in "fc" and a.dtype.kind in "biufc"
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=nan))
+    if isinstance(x, (float, np.floating)) and isinstance(y, (float, np.floating)) and x != x and y != y:
+        return True
+    return bool(x == y)
 
 
 def _column(values: list[Any], leaf) -> np.ndarray:

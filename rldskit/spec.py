@@ -231,6 +231,55 @@ def _leaf_to_json(leaf: Leaf) -> dict[str, Any]:
     return out
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_bounds(v: Any) -> bool:
+    pair = lambda p: isinstance(p, list) and len(p) == 2 and all(_is_num(x) for x in p)  # noqa: E731
+    return pair(v) or (isinstance(v, list) and len(v) > 0 and all(pair(p) for p in v))
+
+
+#: JSON types of leaf keys: key -> (check, what the message says is expected). ``fill`` depends
+#: on the dtype and is checked on its own. Values are checked further by the leaf classes.
+_LEAF_KEY_TYPES: dict[str, tuple[Any, str]] = {
+    "type": (lambda v: isinstance(v, str), "a string"),
+    "shape": (lambda v: isinstance(v, list) and all(d is None or _is_int(d) for d in v),
+              "a list of integers (null for a dynamic dimension)"),
+    "dtype": (lambda v: isinstance(v, str), "a string"),
+    "unit": (lambda v: v is None or isinstance(v, str), "a string"),
+    "names": (_is_str_list, "a list of strings"),
+    "bounds": (_is_bounds, "[low, high] or a list of [low, high] pairs of numbers"),
+    "optional": (lambda v: isinstance(v, bool), "true or false"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "encoding": (lambda v: isinstance(v, str), "a string"),
+    "choices": (_is_str_list, "a list of strings"),
+    "max_length": (lambda v: v is None or (_is_int(v) and v > 0), "a positive integer"),
+}
+
+#: JSON types of top-level schema keys (``steps``/``episode_metadata`` are checked as trees).
+_TOP_KEY_TYPES: dict[str, tuple[Any, str]] = {
+    "$schema": (lambda v: isinstance(v, str), "a string"),
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "version": (lambda v: isinstance(v, str), "a string like \"1.0.0\""),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "fps": (lambda v: v is None or (_is_num(v) and v > 0), "a positive number"),
+    "rate_hz": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v)),
+                "[low, high] in Hz"),
+    "last_step": (lambda v: isinstance(v, str), "\"rlds\" or \"valid\""),
+    "primary_clock": (lambda v: v is None or isinstance(v, str), "a string naming a timestamp/* feature"),
+    "license": (lambda v: v is None or isinstance(v, str), "a string"),
+}
+
+
 def _leaf_from_json(obj: Any, where: str) -> Leaf:
     if not isinstance(obj, dict):
         raise SpecError(f"{where}: expected an object with a 'type', got {type(obj).__name__}")
@@ -246,6 +295,16 @@ def _leaf_from_json(obj: Any, where: str) -> Leaf:
     extra = set(obj) - known[kind]
     if extra:
         raise SpecError(f"{where}: unknown keys {sorted(extra)} for a {kind}")
+    for key, value in obj.items():
+        check = _LEAF_KEY_TYPES.get(key)
+        if check is not None and not check[0](value):
+            raise SpecError(f"{where}: '{key}' must be {check[1]}, got {json.dumps(value)}")
+    if "fill" in obj:
+        dtype = obj.get("dtype", "float32") if kind in ("tensor", "scalar") else "string"
+        want = (str, "a string") if dtype == "string" else (bool, "true or false") if dtype == "bool" else \
+            ((int, float), "a number")
+        if not isinstance(obj["fill"], want[0]) or (dtype != "bool" and isinstance(obj["fill"], bool)):
+            raise SpecError(f"{where}: 'fill' must be {want[1]} for dtype {dtype}, got {json.dumps(obj['fill'])}")
     args = {k: v for k, v in obj.items() if k != "type"}
     try:
         if kind in ("tensor", "scalar"):
@@ -470,6 +529,9 @@ class EpisodeSpec:
         for key in ("name", "version", "steps", "last_step"):
             if key not in obj:
                 raise SpecError(f"{source}: missing required key '{key}' (last_step is 'rlds' or 'valid'; it is never guessed)")
+        for key, (check, what) in _TOP_KEY_TYPES.items():
+            if key in obj and not check(obj[key]):
+                raise SpecError(f"{source}: '{key}' must be {what}, got {json.dumps(obj[key])}")
         try:
             return cls(
                 name=obj["name"], version=obj["version"],
@@ -521,6 +583,12 @@ class EpisodeSpec:
             dtype = np.str_ if leaf.dtype == "string" else np.dtype(leaf.dtype).type
             if leaf.dtype == "string":
                 return tfds.features.Tensor(shape=leaf.shape, dtype=np.str_, doc=doc or None)
+            if leaf.dtype in ("float64", "uint64"):
+                # tf.train.Example holds only float32 and int64 lists: float64 would be rounded to
+                # float32 (epoch-second timestamps to ~2 minutes) and uint64 would overflow, so
+                # these are stored as raw bytes, which is lossless.
+                return tfds.features.Tensor(shape=leaf.shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES,
+                                            doc=doc or None)
             if leaf.shape == ():
                 return tfds.features.Scalar(dtype=dtype, doc=doc or None)
             return tfds.features.Tensor(shape=leaf.shape, dtype=dtype, doc=doc or None)

@@ -430,7 +430,7 @@ def _check_images(col: Any, leaf: Image, present: np.ndarray | None, label: str,
                 found.setdefault(res[0], []).append((i, res[1]))
     for code, hits in found.items():
         for i, msg in hits[:5]:
-            where = f" ({col.paths[i].name})" if isinstance(col, LazyFrames) else ""
+            where = f" ({col.path(i).name})" if isinstance(col, LazyFrames) else ""
             issues.append(issue(code, label, msg + where, step=i, field=path))
         if len(hits) > 5:
             issues.append(issue(code, label, f"... {len(hits) - 5} more frames with this problem", field=path))

@@ -259,7 +259,7 @@ def find_episodes(paths: Iterable[str | Path]) -> tuple[list[Path], list[Issue]]
     return uniq, problems
 
 
-def _read_text_lines(path: Path, label: str, issues: list[Issue]) -> list[bytes] | None:
+def _read_text_lines(path: Path, label: str, issues: list[Issue]) -> list[str] | list[bytes] | None:
     try:
         data = path.read_bytes()
         if path.name.endswith(".zst"):
@@ -269,14 +269,17 @@ def _read_text_lines(path: Path, label: str, issues: list[Issue]) -> list[bytes]
     except Exception as e:  # noqa: BLE001 - any I/O or zstd failure is reported, not raised
         issues.append(issue("READ_ERROR", label, f"cannot read {path.name}: {type(e).__name__}: {e}"))
         return None
-    return data.split(b"\n")
+    try:
+        return data.decode("utf-8").split("\n")  # str lines: json.loads skips encoding detection
+    except UnicodeDecodeError:
+        return data.split(b"\n")  # parsed line by line; the bad line is reported as JSON_INVALID
 
 
 def _parse_lines(raw: list[bytes], first_step: int, label: str, fname: str, is_last_chunk: bool,
                  issues: list[Issue]) -> tuple[list[Any], bool]:
     """Parse JSON lines. Returns (records, torn) where ``torn`` marks a cut-off last line."""
     torn = False
-    if raw and raw[-1] == b"":
+    if raw and raw[-1] in ("", b""):
         raw = raw[:-1]
     elif raw:  # no trailing newline: the last line was never completed
         torn = True
@@ -340,7 +343,7 @@ def _resolve_spec(spec: EpisodeSpec | None, p: Path, schema_ref: Any, label: str
     for parent in [p.parent, *p.parent.parents][:3]:
         if (parent / "schema.json").is_file():
             try:
-                return load_spec(parent / "schema.json")
+                return _load_spec_cached(parent / "schema.json")
             except SpecError as e:
                 issues.append(issue("METADATA_INVALID", label, f"schema.json beside the episode is invalid: {e}"))
                 return None
@@ -353,6 +356,20 @@ def _resolve_spec(spec: EpisodeSpec | None, p: Path, schema_ref: Any, label: str
             return None
     issues.append(issue("METADATA_INVALID", label, "no schema given (--schema), no schema.json beside the episode and none named in its metadata"))
     return None
+
+
+_SPEC_CACHE: dict[tuple[str, int, int], EpisodeSpec] = {}
+
+
+def _load_spec_cached(path: Path) -> EpisodeSpec:
+    """``load_spec`` for a ``schema.json`` shared by many episodes, re-read when it changes."""
+    from rldskit.spec import load_spec
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _SPEC_CACHE:
+        _SPEC_CACHE[key] = load_spec(path)
+    return _SPEC_CACHE[key]
 
 
 def _load_metadata(p: Path, label: str, issues: list[Issue]) -> dict[str, Any] | None:
@@ -551,7 +568,7 @@ def decode_steps(records: Sequence[Any], spec: EpisodeSpec, base_dir: Path, labe
         except (KeyError, TypeError):
             values = [_get(r, parts) for r in records]
         optional = getattr(leaf, "optional", False)
-        missing = [i for i, v in enumerate(values) if v is _MISSING] if any(v is _MISSING for v in values) else []
+        missing = [i for i, v in enumerate(values) if v is _MISSING] if _MISSING in values else []
         if missing and not optional:
             issues.append(issue("FIELD_MISSING", label, f"absent in {len(missing)} of {T} steps (expected {_expect(leaf)})",
                                 step=missing[0], field=path))
@@ -601,7 +618,7 @@ def _decode_numeric(values: list[Any], leaf: Any, label: str, path: str, issues:
                     present: np.ndarray | None) -> np.ndarray:
     T = len(values)
     dtype = leaf.np_dtype
-    if present is not None or any(v is _MISSING for v in values):
+    if present is not None or _MISSING in values:
         ph = leaf.placeholder().tolist()
         values = [ph if (v is None or v is _MISSING) else v for v in values]
     want_shape = leaf.shape
@@ -714,7 +731,13 @@ def _decode_images(values: list[Any], leaf: Image, camera: str, base_dir: Path, 
     except OSError:
         listed = set()
     prefix = f"{FRAMES_DIR}/{camera}/"
-    paths: list[Path | None] = [None] * T
+    base = os.fspath(base_dir) + "/"
+    if present is None and not load_frames:
+        # fast path: the logger's own naming, every file present
+        expected = [f"{prefix}{i:06d}{leaf.extension}" for i in range(T)]
+        if values == expected and listed.issuperset(e[len(prefix):] for e in expected):
+            return LazyFrames([base + v for v in values])
+    paths: list[str | Path | None] = [None] * T
     inline: dict[int, bytes] = {}
     missing: list[int] = []
     bad_path: list[int] = []
@@ -724,7 +747,7 @@ def _decode_images(values: list[Any], leaf: Image, camera: str, base_dir: Path, 
         if isinstance(v, str):
             if v.startswith(prefix) and "/" not in v[len(prefix):] and v[len(prefix):] not in ("", ".", ".."):
                 if v[len(prefix):] in listed:
-                    paths[i] = base_dir / v
+                    paths[i] = base + v
                 else:
                     missing.append(i)
                 continue
@@ -761,7 +784,8 @@ def _decode_images(values: list[Any], leaf: Image, camera: str, base_dir: Path, 
             out[i] = inline[i]
         elif paths[i] is not None:
             try:
-                out[i] = paths[i].read_bytes()  # type: ignore[union-attr]
+                with open(paths[i], "rb") as f:  # type: ignore[arg-type]
+                    out[i] = f.read()
             except OSError as e:
                 issues.append(issue("READ_ERROR", label, f"cannot read frame {paths[i]}: {e}", step=i, field=path))
                 out[i] = b""
