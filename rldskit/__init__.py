@@ -7,7 +7,7 @@ the functions that need them. The names below are loaded on first use.
 * :class:`Episode`: a columnar episode (``rldskit.episode``)
 * :class:`EpisodeLogger`: crash-safe capture on the robot (``rldskit.capture``)
 * :func:`read_episode`, :func:`scan_episode`, :func:`recover_episode`: the capture readers
-* :func:`validate`, :func:`validate_paths`, :class:`Gates`, :class:`Report`: validation
+* :func:`validate`, :func:`validate_paths`, :class:`Gates`, :class:`Report`: validation (``rldskit.validation``)
 * :func:`write_synthetic`: realistic synthetic episodes (``rldskit.synth``)
 """
 
@@ -27,8 +27,8 @@ _EXPORTS = {
     "read_episode": "rldskit.formats.capture_dir", "scan_episode": "rldskit.formats.capture_dir",
     "recover_episode": "rldskit.formats.capture_dir", "find_episodes": "rldskit.formats.capture_dir",
     "EpisodeError": "rldskit.formats.capture_dir",
-    "validate": "rldskit.validate", "validate_paths": "rldskit.validate", "Gates": "rldskit.validate",
-    "Report": "rldskit.validate",
+    "validate": "rldskit.validation", "validate_paths": "rldskit.validation", "Gates": "rldskit.validation",
+    "Report": "rldskit.validation",
     "Issue": "rldskit.issues",
     "write_synthetic": "rldskit.synth",
 }

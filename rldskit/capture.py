@@ -114,8 +114,7 @@ class EpisodeLogger:
             **extra,
         }
         self._writer = EpisodeDirWriter(self.root / episode_id, chunk_steps=self.chunk_steps,
-                                        compress=self.compress, durability=self.durability)
-        self._writer.write_metadata(self._meta)
+                                        compress=self.compress, durability=self.durability, metadata=self._meta)
         return episode_id
 
     def log_step(self, observation: Mapping[str, Any], action: Any, reward: float = 0.0, discount: float = 1.0,
@@ -143,7 +142,10 @@ class EpisodeLogger:
             ts = {}
             for k in ts_spec:
                 if k in given:
-                    ts[k] = float(given[k])
+                    try:
+                        ts[k] = float(given[k])
+                    except (TypeError, ValueError):
+                        raise ValueError(f"step {i}: timestamp/{k} expects seconds as a number, got {given[k]!r:.60}") from None
                 else:
                     now = self.clock() if now is None else now
                     ts[k] = float(now)
@@ -184,13 +186,19 @@ class EpisodeLogger:
             raise RuntimeError("no episode is open")
         if not isinstance(terminal, bool):
             raise TypeError("terminal must be True or False (termination vs truncation is never guessed)")
+        for k in metadata or {}:
+            if k not in self.spec.metadata_leaves:
+                raise ValueError(f"episode metadata {k!r} is not declared by {self.spec.id}")
         if final_observation is not None:
-            act_leaf = self.spec.steps["action"]
-            self.log_step(final_observation, np.zeros(act_leaf.shape, dtype=act_leaf.np_dtype) if not isinstance(act_leaf, Mapping) else {},
+            if self.spec.last_step != "rlds":
+                raise ValueError(f"{self.spec.id} declares last_step='{self.spec.last_step}': every step's action is real, "
+                                 "so there is no observation-only RLDS final step; log the last step with log_step")
+            self.log_step(final_observation, _placeholders(self.spec.steps["action"]),
                           reward=0.0, discount=0.0 if terminal else 1.0, timestamps=timestamps, extras=extras)
         if w.num_steps == 0:
             raise ValueError("an episode needs at least one step")
-        meta = dict(self._meta, status="complete", **(metadata or {}))
+        meta = dict(self._meta, **(metadata or {}))
+        meta["status"] = "complete"
         meta["end"] = {"num_steps": w.num_steps, "terminal": terminal, "end_time": float(self.clock())}
         w.close(meta)
         self._writer = None
@@ -238,6 +246,8 @@ class EpisodeLogger:
                 raise ValueError(f"step {i}: {path} expects a string, got {type(v).__name__}")
             if leaf.choices and v not in leaf.choices:
                 raise ValueError(f"step {i}: {path}={v!r} is not one of {list(leaf.choices)}")
+            if leaf.max_length is not None and len(v) > leaf.max_length:
+                raise ValueError(f"step {i}: {path} is {len(v)} characters long, longer than max_length {leaf.max_length}")
             return v
         if leaf.dtype == "string":
             return [str(s) for s in v]
@@ -246,7 +256,16 @@ class EpisodeLogger:
         if arr.dtype.kind not in {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}[want.kind] or \
                 arr.ndim != len(leaf.shape) or any(d is not None and d != s for d, s in zip(leaf.shape, arr.shape)):
             raise ValueError(f"step {i}: {path} expects {leaf.dtype} of shape {list(leaf.shape)}, got {arr.dtype} {list(arr.shape)}")
-        return arr.astype(want, copy=False)
+        if want.kind in "iu" and arr.dtype.kind in "iu" and arr.size:
+            info = np.iinfo(want)
+            lo, hi = int(arr.min()), int(arr.max())  # Python ints: no wrap-around in the comparison
+            if lo < info.min or hi > info.max:
+                raise ValueError(f"step {i}: {path} expects {leaf.dtype} values in [{info.min}, {info.max}], got {lo if lo < info.min else hi}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = arr.astype(want, copy=False)
+        if want.kind == "f" and arr.dtype.kind == "f" and out.size and not np.array_equal(np.isfinite(arr), np.isfinite(out)):
+            raise ValueError(f"step {i}: {path} has values too large for {leaf.dtype}")
+        return out
 
     def _image_bytes(self, path: str, leaf: Image, v: Any, i: int) -> bytes:
         if isinstance(v, (bytes, bytearray, memoryview)):
@@ -256,14 +275,29 @@ class EpisodeLogger:
                 raise ValueError(f"step {i}: {path} expects {leaf.encoding} bytes; these do not start like one")
             return b
         arr = np.asarray(v)
-        if arr.dtype != np.uint8 or arr.shape[:2] != leaf.shape[:2] or (arr.ndim == 3 and arr.shape[2] != leaf.shape[2]):
+        if arr.dtype != np.uint8 or arr.shape[:2] != leaf.shape[:2] or not (
+                (arr.ndim == 3 and arr.shape[2] == leaf.shape[2]) or (arr.ndim == 2 and leaf.shape[2] == 1)):
             raise ValueError(f"step {i}: {path} expects encoded bytes or a uint8 array {list(leaf.shape)}, got {arr.dtype} {list(arr.shape)}")
         from PIL import Image as PILImage
 
         buf = io.BytesIO()
         img = PILImage.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
-        if leaf.encoding == "jpeg":
-            img.save(buf, format="JPEG", quality=self.jpeg_quality)
-        else:
-            img.save(buf, format="PNG")
+        try:
+            if leaf.encoding == "jpeg":
+                img.save(buf, format="JPEG", quality=self.jpeg_quality)
+            else:
+                img.save(buf, format="PNG")
+        except (OSError, ValueError) as e:  # e.g. 4 channels cannot be JPEG-encoded
+            raise ValueError(f"step {i}: {path}: cannot encode a {list(arr.shape)} array as {leaf.encoding}: {e}") from None
         return buf.getvalue()
+
+
+def _placeholders(node: Any) -> Any:
+    """Placeholder values for a leaf or feature tree (the action of the RLDS final step)."""
+    if isinstance(node, Mapping):
+        return {k: _placeholders(v) for k, v in node.items()}
+    if isinstance(node, Text):
+        return node.fill
+    if isinstance(node, Image):
+        return None  # an image action has no placeholder: optional ones are absent, required ones must be given
+    return node.placeholder()

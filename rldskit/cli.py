@@ -53,7 +53,7 @@ def _err(msg: str) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from rldskit.spec import SpecError
-    from rldskit.validate import Gates, resolve_spec_arg, validate_paths
+    from rldskit.validation import Gates, resolve_spec_arg, validate_paths
 
     try:
         spec = resolve_spec_arg(args.schema)
@@ -144,7 +144,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from rldskit.formats.capture_dir import EpisodeError, find_episodes, recover_episode
+    from rldskit.formats.capture_dir import METADATA_FILE, EpisodeError, find_episodes, recover_episode
 
     found, problems = find_episodes(args.paths)
     for p in problems:
@@ -155,13 +155,17 @@ def cmd_recover(args: argparse.Namespace) -> int:
     for p in found:
         if not p.is_dir():
             continue
+        try:  # recover_episode answers "recovered" for an episode recovered by an earlier run too
+            before = json.loads((p / METADATA_FILE).read_bytes()).get("status")
+        except (OSError, ValueError, AttributeError):
+            before = None
         try:
             r = recover_episode(p)
         except EpisodeError as e:
             print(str(e), file=sys.stderr)
             code = EXIT_VIOLATIONS
             continue
-        if r["status"] != "recovered":
+        if r["status"] != "recovered" or before == "recovered":
             print(f"{p}: already {r['status']}, left as it is")
         else:
             print(f"{p}: {r['status']}, {r['num_steps']} steps kept, {r['dropped_bytes']} bytes of a torn line dropped"

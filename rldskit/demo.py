@@ -21,7 +21,7 @@ from pathlib import Path
 from rldskit.formats.capture_dir import recover_episode
 from rldskit.spec import load_spec
 from rldskit.synth import write_synthetic
-from rldskit.validate import Gates, validate_paths
+from rldskit.validation import Gates, validate_paths
 
 
 def _banner(text: str) -> None:

@@ -162,6 +162,10 @@ class Episode(Sequence):
                 continue
             values = [s.get(k) for s in flat]
             leaf = spec.step_leaves[k] if spec is not None else None
+            if leaf is not None and not getattr(leaf, "optional", False):
+                missing = [i for i, v in enumerate(values) if v is None]
+                if missing:  # else a float column would silently hold NaN there
+                    raise ValueError(f"step {missing[0]}: {k} is required by {spec.id} ({len(missing)} steps lack it)")
             cols[k] = _column(values, leaf)
         if derived:
             cols.update(rlds_flags(len(flat), bool(terminal)))

@@ -167,6 +167,8 @@ class Image:
         object.__setattr__(self, "shape", shape)
         if self.encoding not in ("jpeg", "png"):
             raise SpecError(f"Image encoding must be 'jpeg' or 'png', got {self.encoding!r}")
+        if self.encoding == "jpeg" and shape[2] == 4:
+            raise SpecError(f"Image shape {shape} has 4 channels but JPEG has no alpha: use encoding 'png'")
 
     @property
     def extension(self) -> str:
@@ -431,9 +433,17 @@ class EpisodeSpec:
             if not 0 < lo <= hi:
                 raise SpecError(f"spec {self.name}: rate_hz must be 0 < low <= high, got {self.rate_hz}")
             object.__setattr__(self, "rate_hz", (lo, hi))
-        leaves = dict(_flatten(self.steps))
+        flat_steps, flat_meta = list(_flatten(self.steps)), list(_flatten(self.episode_metadata))
+        for where, flat in (("steps", flat_steps), ("episode_metadata", flat_meta)):
+            seen: set[str] = set()
+            for p, _ in flat:  # a declared `x_present` would silently replace optional x's mask
+                if p in seen:
+                    raise SpecError(f"spec {self.name}: {where}/{p} collides with the presence mask of the optional "
+                                    f"feature {where}/{p[: -len(PRESENT_SUFFIX)]}")
+                seen.add(p)
+        leaves = dict(flat_steps)
         object.__setattr__(self, "_step_leaves", MappingProxyType(leaves))
-        object.__setattr__(self, "_meta_leaves", MappingProxyType(dict(_flatten(self.episode_metadata))))
+        object.__setattr__(self, "_meta_leaves", MappingProxyType(dict(flat_meta)))
         cams = [p.rsplit("/", 1)[-1] for p, leaf in leaves.items() if isinstance(leaf, Image)]
         if len(set(cams)) != len(cams):
             raise SpecError(f"spec {self.name}: image feature names must be unique (they name frames/<camera>/), got {cams}")

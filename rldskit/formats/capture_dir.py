@@ -16,11 +16,15 @@ A step line nests like the spec's step tree: ``{"observation": {"image":
 paths relative to the episode folder (or ``{"$base64": ...}``); absent optional signals are
 ``null``. RLDS flags are not written: they follow from the step's position and the end record.
 
-Crash safety: frames are written temp-then-rename *before* the step line that names them; a
-step line is one ``write(2)`` on an ``O_APPEND`` descriptor; ``metadata.json`` is replaced
-atomically. So a ``kill -9`` at any instant loses at most the step being written (a torn last
-line), and an unfinished episode is recognisable (``status: recording``). Readers refuse it
-unless asked to ``recover``, which keeps every complete step and marks the episode truncated.
+Crash safety: ``metadata.json`` (``status: recording``) is written before ``steps/`` exists;
+frames are written temp-then-rename *before* the step line that names them; a step line is
+one ``write(2)`` on an ``O_APPEND`` descriptor; ``metadata.json`` is replaced atomically; a
+closed chunk is compressed temp-then-rename, then its plain twin removed. So a ``kill -9`` at
+any instant loses at most the step being written (a torn last line), and an unfinished episode
+is recognisable (``status: recording``). Readers refuse it unless asked to ``recover``, which
+keeps every step up to the first torn, corrupt or missing one and marks the episode
+truncated; :func:`recover_episode` makes that permanent (setting later chunks aside as
+``*.orphan``, never deleting them).
 
 Single-file episodes: ``*.json`` holding ``{"metadata": {...}, "steps": [...]}``, and
 ``*.jsonl`` / ``*.jsonl.zst`` whose first line is ``{"metadata": {...}}``, then one step per
@@ -68,18 +72,34 @@ __all__ = [
 class EpisodeError(ValueError):
     """An episode could not be read. ``issues`` holds every error found."""
 
-    def __init__(self, path: str, issues: Sequence[Issue]):
+    def __init__(self, path: str, issues: Sequence[Issue], sources: Sequence[tuple[int, int, str, int | None]] = ()):
         self.path = path
         self.issues = list(issues)
         errs = [i for i in self.issues if i.severity == ERROR] or self.issues
-        lines = [f"{path}: " + _describe(i) for i in errs[:5]]
+        lines = [f"{path}: " + _describe(i, _locate(i, sources)) for i in errs[:5]]
         more = f"\n  ... and {len(errs) - 5} more" if len(errs) > 5 else ""
         super().__init__("\n".join(lines) + more)
 
 
-def _describe(i: Issue) -> str:
-    where = "".join([f" step {i.step}" if i.step is not None else "", f" field {i.field}" if i.field else ""])
+def _describe(i: Issue, source: str = "") -> str:
+    where = "".join([f" step {i.step}" if i.step is not None else "", f" ({source})" if source else "",
+                     f" field {i.field}" if i.field else ""])
     return f"[{i.code}]{where}: {i.message}"
+
+
+def _locate(i: Issue, sources: Sequence[tuple[int, int, str, int | None]]) -> str:
+    """``steps/000010.jsonl line 4`` for a step-level issue. ``sources`` lists
+    ``(first_step, num_steps, file, line_of_first_step)`` (line ``None``: a JSON array)."""
+    if i.step is None or i.step < 0:
+        return ""
+    found = ""
+    for first, n, fname, line in sources:
+        if first <= i.step < first + n:
+            found = f"{fname} line {i.step - first + line}" if line is not None else f"{fname} steps[{i.step - first}]"
+            break
+    if found and found.split(" ")[0] in i.message:
+        return ""  # the message already names the file and line
+    return found
 
 
 # =========================================================================== writing
@@ -116,7 +136,7 @@ class EpisodeDirWriter:
     """
 
     def __init__(self, path: str | Path, *, chunk_steps: int = 1000, compress: bool = False,
-                 durability: str = "chunk"):
+                 durability: str = "chunk", metadata: Mapping[str, Any] | None = None):
         if durability not in ("step", "chunk", "none"):
             raise ValueError(f"durability must be 'step', 'chunk' or 'none', got {durability!r}")
         if chunk_steps < 1:
@@ -130,6 +150,10 @@ class EpisodeDirWriter:
         self._chunk_first = 0
         self._frame_dirs: set[str] = set()
         self.path.mkdir(parents=True, exist_ok=False)
+        if metadata is not None:
+            # before steps/: a folder that looks like an episode always has its metadata.json
+            # (a kill in between leaves an empty folder, which is not an episode)
+            self.write_metadata(metadata)
         (self.path / STEPS_DIR).mkdir()
         (self.path / FRAMES_DIR).mkdir()
         if durability != "none":
@@ -212,6 +236,7 @@ class ScanResult:
     issues: list[Issue]
     status: str  # complete | recording | recovered | file
     schema_ref: dict[str, Any] | None = None  # {"name", "version"} recorded in the metadata
+    sources: list[tuple[int, int, str, int | None]] = dataclasses.field(default_factory=list)  # see _locate
 
     @property
     def ok(self) -> bool:
@@ -259,13 +284,23 @@ def find_episodes(paths: Iterable[str | Path]) -> tuple[list[Path], list[Issue]]
     return uniq, problems
 
 
+def _chunk_bytes(path: Path) -> bytes:
+    """The bytes of a step file (``.zst`` decompressed). Raises on I/O errors and on a
+    corrupt or incomplete zstd stream (a truncated frame is an error, not fewer lines)."""
+    data = path.read_bytes()
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        data = dobj.decompress(data)
+        if not dobj.eof:
+            raise ValueError("the zstd stream ends before its frame does (a truncated file)")
+    return data
+
+
 def _read_text_lines(path: Path, label: str, issues: list[Issue]) -> list[str] | list[bytes] | None:
     try:
-        data = path.read_bytes()
-        if path.name.endswith(".zst"):
-            import zstandard
-
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        data = _chunk_bytes(path)
     except Exception as e:  # noqa: BLE001 - any I/O or zstd failure is reported, not raised
         issues.append(issue("READ_ERROR", label, f"cannot read {path.name}: {type(e).__name__}: {e}"))
         return None
@@ -275,14 +310,39 @@ def _read_text_lines(path: Path, label: str, issues: list[Issue]) -> list[str] |
         return data.split(b"\n")  # parsed line by line; the bad line is reported as JSON_INVALID
 
 
-def _parse_lines(raw: list[bytes], first_step: int, label: str, fname: str, is_last_chunk: bool,
+def _looks_torn(tail: str | bytes) -> bool:
+    """Whether an unterminated last line looks like the start of a step line cut short by a
+    crash (a prefix of a JSON object) rather than garbage."""
+    b = tail.encode("utf-8") if isinstance(tail, str) else tail
+    if not b.startswith(b"{") or any(c < 0x20 for c in b):
+        return False
+    for cut in range(4):  # the cut may fall inside a multi-byte UTF-8 character
+        try:
+            b[: len(b) - cut].decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            continue
+    return False
+
+
+def _step(n: int) -> int | None:
+    return n if n >= 0 else None  # the metadata line of a single-file .jsonl episode is not a step
+
+
+def _parse_lines(raw: list[str] | list[bytes], first_step: int, label: str, fname: str,
                  issues: list[Issue]) -> tuple[list[Any], bool]:
-    """Parse JSON lines. Returns (records, torn) where ``torn`` marks a cut-off last line."""
-    torn = False
+    """Parse JSON lines up to the first bad one. Returns ``(records, torn)``.
+
+    Every step line is written with its newline in one ``write``, so a newline-terminated line
+    that is not a JSON object is corrupt (JSON_INVALID, reported). An unterminated last line
+    is kept when it parses (the crash fell just before its newline), is ``torn`` when it looks
+    like a cut-off JSON object (not reported here: the caller knows whether the episode was
+    still recording), and is JSON_INVALID otherwise."""
+    tail = None
     if raw and raw[-1] in ("", b""):
         raw = raw[:-1]
-    elif raw:  # no trailing newline: the last line was never completed
-        torn = True
+    elif raw:
+        tail, raw = raw[-1], raw[:-1]
     loads = json.loads
     try:
         recs = [loads(x) for x in raw]
@@ -294,22 +354,27 @@ def _parse_lines(raw: list[bytes], first_step: int, label: str, fname: str, is_l
                 recs.append(loads(x))
             except (ValueError, UnicodeDecodeError) as e:
                 bad = n
-                if n == len(raw) - 1 and is_last_chunk:
-                    torn = True
-                else:
-                    issues.append(issue("JSON_INVALID", label, f"{fname} line {n + 1}: not JSON ({e})",
-                                        step=first_step + n))
+                issues.append(issue("JSON_INVALID", label, f"{fname} line {n + 1}: not JSON ({_short(str(e), 120)})",
+                                    step=_step(first_step + n)))
                 break
-    if torn and recs and len(recs) == len(raw):
-        # the last line parsed but had no newline: it may be complete JSON cut at a boundary; keep it
-        torn = False
-    if bad is None:
-        for n, r in enumerate(recs):
-            if not isinstance(r, dict):
-                issues.append(issue("JSON_INVALID", label, f"{fname} line {n + 1}: a step is a JSON object, got {type(r).__name__}",
-                                    step=first_step + n))
-                recs = recs[:n]
-                break
+    torn = False
+    if bad is None and tail is not None:
+        try:
+            recs.append(loads(tail))
+        except (ValueError, UnicodeDecodeError) as e:
+            if _looks_torn(tail):
+                torn = True
+            else:
+                bad = len(raw)
+                issues.append(issue("JSON_INVALID", label, f"{fname} line {len(raw) + 1}: not JSON ({_short(str(e), 120)})",
+                                    step=_step(first_step + len(raw))))
+    for n, r in enumerate(recs):
+        if not isinstance(r, dict):
+            issues.append(issue("JSON_INVALID", label, f"{fname} line {n + 1}: a step is a JSON object, got {type(r).__name__}",
+                                step=_step(first_step + n)))
+            recs = recs[:n]
+            torn = False
+            break
     return recs, torn
 
 
@@ -331,7 +396,7 @@ def read_episode(path: str | Path, spec: EpisodeSpec | None = None, *, recover: 
     """Read one episode strictly: raises :class:`EpisodeError` naming file, step and field."""
     res = scan_episode(path, spec, recover=recover, load_frames=load_frames)
     if not res.ok:
-        raise EpisodeError(res.path, res.issues)
+        raise EpisodeError(res.path, res.issues, res.sources)
     return res.episode  # type: ignore[return-value]
 
 
@@ -416,12 +481,14 @@ def _scan_dir(p: Path, spec: EpisodeSpec | None, recover: bool, load_frames: boo
     if spec is None:
         return ScanResult(label, None, issues, status, meta.get("schema"))
     records: list[Any] = []
+    sources: list[tuple[int, int, str, int | None]] = []
     expected = 0
     chunks = _list_chunks(p / STEPS_DIR, label, issues)
     truncated_at: int | None = None
-    for n, (first, f) in enumerate(chunks):
+    for first, f in chunks:
+        fname = f"{STEPS_DIR}/{f.name}"
         if first != expected:
-            issues.append(issue("STEPS_GAP", label, f"{STEPS_DIR}/{f.name} starts at step {first}, expected {expected} (a chunk file is missing)",
+            issues.append(issue("STEPS_GAP", label, f"{fname} starts at step {first}, expected {expected} (a chunk file is missing)",
                                 step=expected))
             truncated_at = expected
             break
@@ -430,14 +497,15 @@ def _scan_dir(p: Path, spec: EpisodeSpec | None, recover: bool, load_frames: boo
             truncated_at = expected
             break
         n_before = len(issues)
-        recs, torn = _parse_lines(raw, first, label, f"{STEPS_DIR}/{f.name}", n == len(chunks) - 1, issues)
+        recs, torn = _parse_lines(raw, first, label, fname, issues)
+        sources.append((first, len(recs), fname, 1))
         records.extend(recs)
         expected += len(recs)
         if torn:
-            if status == "recording":
-                truncated_at = expected  # the step in flight when the logger died
-            else:
-                issues.append(issue("JSON_TRUNCATED", label, f"{STEPS_DIR}/{f.name}: last line is cut off after {len(recs)} complete steps",
+            truncated_at = expected  # when recording: the step in flight when the logger died
+            if status != "recording":
+                issues.append(issue("JSON_TRUNCATED", label, f"{fname}: line {len(recs) + 1} is cut off after {len(recs)} complete lines "
+                                    "(expected every line to end in a newline; the episode was ended, so this is damage, not a crash)",
                                     step=expected))
             break
         if len(issues) > n_before:
@@ -468,7 +536,7 @@ def _scan_dir(p: Path, spec: EpisodeSpec | None, recover: bool, load_frames: boo
     issues.extend(dec_issues)
     if episode is not None and status == "recovered" and "recovered" not in episode.metadata.get("tags", []):
         episode.metadata["tags"] = [*episode.metadata.get("tags", []), "recovered"]
-    return ScanResult(label, episode, issues, status, meta.get("schema"))
+    return ScanResult(label, episode, issues, status, meta.get("schema"), sources)
 
 
 def _scan_file(p: Path, spec: EpisodeSpec | None, label: str) -> ScanResult:
@@ -480,9 +548,10 @@ def _scan_file(p: Path, spec: EpisodeSpec | None, label: str) -> ScanResult:
         raw = _read_text_lines(p, label, issues)
         if raw is None:
             return ScanResult(label, None, issues, "file")
-        records, torn = _parse_lines(raw, -1, label, name, True, issues)
+        records, torn = _parse_lines(raw, -1, label, name, issues)
         if torn:
-            issues.append(issue("JSON_TRUNCATED", label, f"{name}: last line is cut off after {len(records)} complete lines"))
+            issues.append(issue("JSON_TRUNCATED", label, f"{name}: line {len(records) + 1} is cut off after {len(records)} complete lines",
+                                step=len(records) - 1 if records else None))
         if not records or not isinstance(records[0], dict) or set(records[0]) != {"metadata"}:
             if not any(i.code == "JSON_INVALID" for i in issues):
                 issues.append(issue("NOT_AN_EPISODE", label, 'the first line of a .jsonl episode must be {"metadata": {...}}'))
@@ -522,7 +591,8 @@ def _scan_file(p: Path, spec: EpisodeSpec | None, label: str) -> ScanResult:
         terminal = meta["end"]["terminal"]
     episode, dec = _build_episode(steps, meta, spec, p.parent, label, terminal, load_frames=True)
     issues.extend(dec)
-    return ScanResult(label, episode, issues, "file", meta.get("schema"))
+    sources = [(0, len(steps), name, 2 if name.endswith((".jsonl", ".jsonl.zst")) else None)]
+    return ScanResult(label, episode, issues, "file", meta.get("schema"), sources)
 
 
 # =========================================================================== decoding
@@ -568,10 +638,13 @@ def decode_steps(records: Sequence[Any], spec: EpisodeSpec, base_dir: Path, labe
         except (KeyError, TypeError):
             values = [_get(r, parts) for r in records]
         optional = getattr(leaf, "optional", False)
-        missing = [i for i, v in enumerate(values) if v is _MISSING] if _MISSING in values else []
-        if missing and not optional:
-            issues.append(issue("FIELD_MISSING", label, f"absent in {len(missing)} of {T} steps (expected {_expect(leaf)})",
-                                step=missing[0], field=path))
+        if not optional and (_MISSING in values or None in values):
+            # absent or null where the schema requires a value: reported, then decoded as the placeholder
+            missing = [i for i, v in enumerate(values) if v is _MISSING or v is None]
+            if missing:
+                issues.append(issue("FIELD_MISSING", label, f"absent or null in {len(missing)} of {T} steps (expected {_expect(leaf)})",
+                                    step=missing[0], field=path))
+                values = [_MISSING if v is None else v for v in values]
         present = None
         if optional:
             present = np.array([v is not None and v is not _MISSING for v in values], dtype=bool)
@@ -582,21 +655,29 @@ def decode_steps(records: Sequence[Any], spec: EpisodeSpec, base_dir: Path, labe
             cols[path] = _decode_strings(values, leaf, label, path, issues)
         else:
             cols[path] = _decode_numeric(values, leaf, label, path, issues, present)
-    # undeclared features: report once per key (cheap: look at the first step's keys, then a sample)
-    known_top = set(spec.steps)
-    for n, r in enumerate(records[:1] + records[-1:]):
-        for k in r:
-            if k not in known_top:
-                issues.append(issue("FIELD_UNEXPECTED", label, f"'{k}' is not declared by {spec.id}; it is ignored", field=k,
-                                    step=0 if n == 0 else T - 1))
-        for k, node in spec.steps.items():
-            sub = r.get(k)
-            if isinstance(node, Mapping) and isinstance(sub, dict):
-                for kk in sub:
-                    if kk not in node and not (kk.endswith(PRESENT_SUFFIX) and kk[: -len(PRESENT_SUFFIX)] in node):
-                        issues.append(issue("FIELD_UNEXPECTED", label, f"'{k}/{kk}' is not declared by {spec.id}; it is ignored",
-                                            field=f"{k}/{kk}", step=0 if n == 0 else T - 1))
+    # undeclared features, at every level of the tree and in every step; reported once per key
+    # at the first step that has it (a union of key sets: cheap next to decoding the values)
+    _report_unexpected(records, spec.steps, "", spec.id, label, issues)
     return cols, _dedupe(issues)
+
+
+def _report_unexpected(records: Sequence[Any], node: Mapping[str, Any], prefix: str, spec_id: str, label: str,
+                       issues: list[Issue]) -> None:
+    """FIELD_UNEXPECTED for keys of ``records`` (dicts, or None where a step lacks this
+    sub-tree) that ``node`` does not declare; recurses into declared sub-trees."""
+    dicts = records if not prefix else [r for r in records if type(r) is dict]  # step lines are dicts
+    if not dicts:
+        return
+    keys: set[str] = set().union(*dicts)
+    allowed = set(node) | {k + PRESENT_SUFFIX for k in node}
+    for k in sorted(keys - allowed):
+        step = next(i for i, r in enumerate(records) if type(r) is dict and k in r)
+        issues.append(issue("FIELD_UNEXPECTED", label, f"'{prefix}{k}' is not declared by {spec_id}; it is ignored",
+                            field=f"{prefix}{k}", step=step))
+    for k, sub in node.items():
+        if isinstance(sub, Mapping) and k in keys:
+            _report_unexpected([r.get(k) if type(r) is dict else None for r in records], sub, f"{prefix}{k}/", spec_id,
+                               label, issues)
 
 
 def _dedupe(issues: list[Issue]) -> list[Issue]:
@@ -611,7 +692,9 @@ def _expect(leaf: Any) -> str:
     return f"{leaf.dtype} of shape {list(leaf.shape)}"
 
 
-_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+# JSON kinds accepted per declared kind: floats are accepted for integers so that a fraction
+# (or 3.0) reaches _cast, which reports FIELD_DTYPE for non-integral values
+_KINDS = {"f": "fiu", "i": "iuf", "u": "iuf", "b": "b"}
 
 
 def _decode_numeric(values: list[Any], leaf: Any, label: str, path: str, issues: list[Issue],
@@ -635,6 +718,7 @@ def _decode_numeric(values: list[Any], leaf: Any, label: str, path: str, issues:
     good: list[Any] = []
     bad_type: list[int] = []
     bad_shape: list[int] = []
+    bad_range: list[int] = []
     for i, v in enumerate(values):
         try:
             a = np.array(v)
@@ -642,7 +726,10 @@ def _decode_numeric(values: list[Any], leaf: Any, label: str, path: str, issues:
             bad_shape.append(i)
             good.append(ph_arr)
             continue
-        if a.dtype.kind not in _KINDS[dtype.kind]:
+        if a.dtype == object and dtype.kind in "iuf" and _all_ints(v):
+            bad_range.append(i)  # integers beyond 64 bits
+            good.append(ph_arr)
+        elif a.dtype.kind not in _KINDS[dtype.kind]:
             bad_type.append(i)
             good.append(ph_arr)
         elif a.ndim != len(want_shape) or any(w is not None and w != s for w, s in zip(want_shape, a.shape)):
@@ -652,19 +739,31 @@ def _decode_numeric(values: list[Any], leaf: Any, label: str, path: str, issues:
             good.append(a)
     for i in bad_type[:MAX_ISSUES_PER_FIELD]:
         issues.append(issue("FIELD_TYPE", label, f"expected {_expect(leaf)}, got {_short(values[i])}", step=i, field=path))
+    for i in bad_range[:MAX_ISSUES_PER_FIELD]:
+        issues.append(issue("FIELD_DTYPE", label, f"expected {leaf.dtype} values, got {_short(values[i])}, beyond 64 bits", step=i, field=path))
     for i in bad_shape[:MAX_ISSUES_PER_FIELD]:
         issues.append(issue("FIELD_SHAPE", label, f"expected shape {list(want_shape)}, got {_short(values[i])}", step=i, field=path))
     extra = len(bad_type) + len(bad_shape) - min(len(bad_type), MAX_ISSUES_PER_FIELD) - min(len(bad_shape), MAX_ISSUES_PER_FIELD)
     if extra > 0:
         issues.append(issue("FIELD_SHAPE" if bad_shape else "FIELD_TYPE", label, f"... {extra} more steps with bad values", field=path))
     if leaf.is_static:
-        arr = np.stack([np.asarray(g, dtype=np.float64 if dtype.kind in "fiu" else dtype) for g in good]) if good else \
-            np.zeros((0, *want_shape), dtype=dtype)
+        if not good:
+            arr = np.zeros((0, *want_shape), dtype=dtype)
+        elif dtype.kind in "iu" and all(np.asarray(g).dtype.kind in "iu" for g in good):
+            arr = np.stack([np.asarray(g) for g in good])  # no float64 round trip: int64 beyond 2**53 stays exact
+        else:
+            arr = np.stack([np.asarray(g, dtype=np.float64 if dtype.kind in "fiu" else dtype) for g in good])
         return _cast(arr, leaf, label, path, issues)
     out = np.empty(T, dtype=object)
     for i, g in enumerate(good):
         out[i] = _cast(np.asarray(g), leaf, label, path, issues, step=i)
     return out
+
+
+def _all_ints(v: Any) -> bool:
+    if isinstance(v, list):
+        return all(_all_ints(x) for x in v)
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _cast(arr: np.ndarray, leaf: Any, label: str, path: str, issues: list[Issue], step: int | None = None) -> np.ndarray:
@@ -676,15 +775,16 @@ def _cast(arr: np.ndarray, leaf: Any, label: str, path: str, issues: list[Issue]
             frac = ~np.isfinite(arr) | (arr != np.round(arr))
             if frac.any():
                 first = int(np.argwhere(frac)[0][0]) if step is None else step
-                issues.append(issue("FIELD_DTYPE", label, f"{int(frac.sum())} non-integer values for {leaf.dtype}", step=first, field=path))
+                issues.append(issue("FIELD_DTYPE", label, f"expected integers for {leaf.dtype}, got {int(frac.sum())} non-integer values "
+                                    f"(e.g. {arr[frac].flat[0].item()!r})", step=first, field=path))
                 arr = np.where(frac, 0, arr)
         info = np.iinfo(dtype)
         if arr.size:
             over = (arr < info.min) | (arr > info.max)
             if over.any():
                 first = int(np.argwhere(over)[0][0]) if step is None else step
-                issues.append(issue("FIELD_DTYPE", label, f"{int(over.sum())} values outside the {leaf.dtype} range [{info.min}, {info.max}]",
-                                    step=first, field=path))
+                issues.append(issue("FIELD_DTYPE", label, f"expected {leaf.dtype} values in [{info.min}, {info.max}], got {int(over.sum())} "
+                                    f"outside (e.g. {arr[over].flat[0].item()!r})", step=first, field=path))
                 arr = np.where(over, 0, arr)
     if dtype.kind == "f" and arr.dtype.kind in "iu" and arr.size and arr.dtype.itemsize * 8 > 53:
         pass  # ints beyond 2**53 lose precision as floats; that is the declared dtype's choice
@@ -694,7 +794,8 @@ def _cast(arr: np.ndarray, leaf: Any, label: str, path: str, issues: list[Issue]
         overflow = np.isfinite(arr) & ~np.isfinite(out)
         if overflow.any():
             first = int(np.argwhere(overflow)[0][0]) if step is None else step
-            issues.append(issue("FIELD_DTYPE", label, f"{int(overflow.sum())} values overflow {leaf.dtype}", step=first, field=path))
+            issues.append(issue("FIELD_DTYPE", label, f"expected values that fit {leaf.dtype}, got {int(overflow.sum())} that overflow "
+                                f"(e.g. {arr[overflow].flat[0].item()!r})", step=first, field=path))
     return out
 
 
@@ -726,10 +827,16 @@ def _decode_images(values: list[Any], leaf: Image, camera: str, base_dir: Path, 
     else an object array of bytes. Missing/escaping paths and bad base64 are reported."""
     T = len(values)
     root = base_dir.resolve()
+    cam_dir = base_dir / FRAMES_DIR / camera
+    listed: set[str] = set()  # regular files only: a symlink is checked like any other path
+    cam_inside = True
     try:
-        listed = set(os.listdir(base_dir / FRAMES_DIR / camera))
+        cam_inside = cam_dir.resolve().is_relative_to(root)  # frames/ or frames/<camera> may link out
+        if cam_inside:
+            with os.scandir(cam_dir) as it:
+                listed = {e.name for e in it if not e.is_symlink()}
     except OSError:
-        listed = set()
+        pass
     prefix = f"{FRAMES_DIR}/{camera}/"
     base = os.fspath(base_dir) + "/"
     if present is None and not load_frames:
@@ -748,9 +855,11 @@ def _decode_images(values: list[Any], leaf: Image, camera: str, base_dir: Path, 
             if v.startswith(prefix) and "/" not in v[len(prefix):] and v[len(prefix):] not in ("", ".", ".."):
                 if v[len(prefix):] in listed:
                     paths[i] = base + v
-                else:
+                    continue
+                if cam_inside and not os.path.islink(base + v):
                     missing.append(i)
-                continue
+                    continue
+                # a symbolic link: resolved and checked below
             try:
                 full = (base_dir / v).resolve()
                 inside = full.is_relative_to(root) and not os.path.isabs(v)
@@ -858,70 +967,101 @@ def _build_episode(records: list[Any], meta: Mapping[str, Any], spec: EpisodeSpe
 
 
 def recover_episode(path: str | Path) -> dict[str, Any]:
-    """Finish an episode folder a killed logger left ``recording``: drop a torn last line,
-    remove temp files, and mark it ``recovered`` (truncated, not terminal). Idempotent;
-    returns a summary ``{"path", "status", "num_steps", "dropped_bytes", "removed"}``."""
+    """Finish an episode folder a killed logger left ``recording``, keeping exactly the steps
+    ``scan_episode(path, recover=True)`` reads: every step up to the first one that is torn,
+    corrupt, unreadable or missing. Temp files and the plain twin of a compressed chunk are
+    removed; a chunk cut short keeps its complete lines; chunks after the cut are renamed
+    ``*.orphan`` (and a chunk that lost whole lines keeps its original bytes beside it as
+    ``*.orphan``), so nothing is silently destroyed. The metadata is then marked
+    ``recovered`` (truncated, not terminal, tagged ``recovered``). Idempotent; returns
+    ``{"path", "status", "num_steps", "dropped_bytes", "removed"}``."""
     p = Path(path)
+    label = str(p)
     meta_issues: list[Issue] = []
-    meta = _load_metadata(p, str(p), meta_issues)
+    meta = _load_metadata(p, label, meta_issues)
     if meta is None:
-        raise EpisodeError(str(p), meta_issues)
+        raise EpisodeError(label, meta_issues)
     if meta.get("status") != "recording":
-        return {"path": str(p), "status": meta.get("status", "complete"), "num_steps": (meta.get("end") or {}).get("num_steps"),
+        end = meta.get("end") if isinstance(meta.get("end"), dict) else {}
+        return {"path": label, "status": meta.get("status", "complete"), "num_steps": end.get("num_steps"),
                 "dropped_bytes": 0, "removed": []}
     removed: list[str] = []
     for root, _dirs, files in os.walk(p):
         for f in files:
-            if f.endswith(TMP_SUFFIX):
+            if f.endswith(TMP_SUFFIX):  # an atomic write that never reached its rename
                 os.unlink(Path(root) / f)
                 removed.append(str((Path(root) / f).relative_to(p)))
-    dropped = 0
-    count = 0
-    chunks = _list_chunks(p / STEPS_DIR, str(p), meta_issues)
+    steps_dir = p / STEPS_DIR
+    chunks = _list_chunks(steps_dir, label, meta_issues)
+    for _first, f in chunks:
+        twin = f.with_name(f.name[: -len(".zst")])
+        if f.name.endswith(".zst") and twin.exists():  # killed between compress and unlink
+            twin.unlink()
+            removed.append(f"{STEPS_DIR}/{twin.name} (plain twin of {f.name})")
+
+    def set_aside(f: Path, why: str) -> None:
+        f.rename(f.with_name(f.name + ".orphan"))
+        removed.append(f"{STEPS_DIR}/{f.name} ({why}, kept as {f.name}.orphan)")
+
+    count = dropped = 0
+    intact = True  # no step lost so far: later chunks still continue the episode
     for first, f in chunks:
-        if first != count:
-            for _, later in chunks:
-                if _ >= first:
-                    later.rename(later.with_name(later.name + ".orphan"))
-                    removed.append(f"{STEPS_DIR}/{later.name} (kept as .orphan)")
-            break
-        if f.name.endswith(".jsonl") and f.with_name(f.name + ".zst").exists():
-            f.unlink()
-            removed.append(f"{STEPS_DIR}/{f.name} (duplicate of .zst)")
+        if not intact or first != count:
+            intact = False
+            set_aside(f, f"after step {count}, the last complete one")
             continue
-        data = f.read_bytes() if not f.name.endswith(".zst") else None
-        if data is None:
+        try:
+            data = _chunk_bytes(f)
+        except Exception:  # noqa: BLE001 - unreadable: everything from here on is set aside
+            intact = False
+            set_aside(f, "unreadable")
+            continue
+        good, keep = _complete_prefix(data)
+        count += good
+        if keep == data:
+            continue
+        if keep != data + b"\n":  # (only a missing final newline: the line is whole, nothing lost)
+            intact = False
+            dropped += len(data) - len(keep)
+            if b"\n" in data[len(keep):]:  # whole lines are lost, not only a torn tail: keep the original
+                atomic_write_bytes(f.with_name(f.name + ".orphan"), f.read_bytes())
+                removed.append(f"{STEPS_DIR}/{f.name} (lines after step {count - 1} kept as {f.name}.orphan)")
+            if not keep:
+                os.unlink(f)
+                removed.append(f"{STEPS_DIR}/{f.name} (no complete step)")
+                continue
+        if f.name.endswith(".zst"):
             import zstandard
 
-            try:
-                lines = zstandard.ZstdDecompressor().decompressobj().decompress(f.read_bytes()).split(b"\n")
-            except zstandard.ZstdError:
-                f.rename(f.with_name(f.name + ".orphan"))
-                removed.append(f"{STEPS_DIR}/{f.name} (unreadable, kept as .orphan)")
-                break
-            count += sum(1 for x in lines if x)
-            continue
-        good = 0
-        pos = 0
-        for line in data.split(b"\n")[:-1]:
-            try:
-                ok = isinstance(json.loads(line), dict)
-            except ValueError:
-                ok = False
-            if not ok:
-                break
-            pos += len(line) + 1
-            good += 1
-        if pos != len(data):
-            dropped += len(data) - pos
-            atomic_write_bytes(f, data[:pos])
-        count += good
-        if pos != len(data) and good < data.count(b"\n"):
-            break
+            keep = zstandard.ZstdCompressor(level=3).compress(keep)
+        atomic_write_bytes(f, keep)
+    fsync_dir(steps_dir)
     end = {"num_steps": count, "terminal": False, "truncated": True, "recovered_at": time.time()}
     meta = dict(meta, status="recovered", end=end)
     tags = meta.get("tags") if isinstance(meta.get("tags"), list) else []
     if "recovered" not in tags:
         meta["tags"] = [*tags, "recovered"]
     atomic_write_bytes(p / METADATA_FILE, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-    return {"path": str(p), "status": "recovered", "num_steps": count, "dropped_bytes": dropped, "removed": removed}
+    return {"path": label, "status": "recovered", "num_steps": count, "dropped_bytes": dropped, "removed": removed}
+
+
+def _complete_prefix(data: bytes) -> tuple[int, bytes]:
+    """``(n, prefix)``: the first ``n`` lines of a step file that :func:`_parse_lines` accepts
+    as step records, as bytes (an unterminated last line that parses gets its newline)."""
+    n = pos = 0
+    lines = data.split(b"\n")
+    for k, line in enumerate(lines):
+        last = k == len(lines) - 1
+        if last and not line:
+            break
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            break
+        n += 1
+        if last:
+            return n, data + b"\n"
+        pos += len(line) + 1
+    return n, data[:pos]

@@ -188,7 +188,7 @@ def validate(episode: Episode, spec: EpisodeSpec, gates: Gates | None = None, *,
         if isinstance(leaf, Image):
             continue  # images: see _check_images
         if isinstance(leaf, Text):
-            _check_text(col, leaf, label, path, issues)
+            _check_text(col, leaf, present_masks.get(path), label, path, issues)
             continue
         if leaf.dtype == "string":
             continue
@@ -211,6 +211,13 @@ def validate(episode: Episode, spec: EpisodeSpec, gates: Gates | None = None, *,
         if skip_last and path.split("/")[0] in ("action", "reward"):
             valid[-1] = False
         _check_values(arr, valid, leaf, gates, label, path, issues)
+        if path == "discount" and (leaf.bounds is None or len(leaf.bounds) != 1 or leaf.bounds[0][0] < 0 or leaf.bounds[0][1] > 1):
+            # RLDS discounts live in [0, 1]; a spec whose own bounds say so reports OUT_OF_BOUNDS instead
+            with np.errstate(invalid="ignore"):
+                bad = ((arr < 0) | (arr > 1)) & valid
+            if bad.any():
+                issues.append(issue("DISCOUNT_RANGE", label, f"{int(bad.sum())} discounts outside [0, 1] "
+                                    f"(seen {float(arr[bad].min()):.6g} .. {float(arr[bad].max()):.6g})", step=_first(bad), field=path))
     _check_flags(cols, T, label, issues)
     _check_time(cols, spec, gates, T, label, issues)
     frames = 0
@@ -285,14 +292,14 @@ def _check_placeholder(arr: np.ndarray, absent: np.ndarray, leaf: Any, label: st
                             step=int(steps[np.argmax(bad)]), field=path))
 
 
-def _check_text(col: Any, leaf: Text, label: str, path: str, issues: list[Issue]) -> None:
+def _check_text(col: Any, leaf: Text, present: np.ndarray | None, label: str, path: str, issues: list[Issue]) -> None:
     if leaf.choices is None and leaf.max_length is None:
         return
     bad_choice, too_long = [], []
     choices = set(leaf.choices or ())
     for i, s in enumerate(col):
-        if not isinstance(s, str):
-            continue
+        if not isinstance(s, str) or (present is not None and not present[i]):
+            continue  # an absent optional text holds its fill, which need not be a choice
         if leaf.choices is not None and s not in choices:
             bad_choice.append(i)
         if leaf.max_length is not None and len(s) > leaf.max_length:
