@@ -44,7 +44,6 @@ CODES: dict[str, tuple[str, str]] = {
     "NON_FINITE": (ERROR, "NaN or infinity in a numeric feature"),
     "OUT_OF_BOUNDS": (ERROR, "a value is outside its declared or gated bounds"),
     "PLACEHOLDER_MISMATCH": (WARNING, "an absent optional signal holds something other than its placeholder"),
-    "LAST_STEP_VALUE": (WARNING, "under the RLDS last-step convention, the last action/reward should be placeholders"),
     # RLDS flags
     "FLAG_IS_FIRST": (ERROR, "is_first must be True at step 0 and only there"),
     "FLAG_IS_LAST": (ERROR, "is_last must be True at the last step and only there"),

@@ -111,6 +111,23 @@ class Tensor:
                     raise SpecError(f"bounds ({lo}, {hi}) has low > high")
             if self.dtype in ("bool", "string"):
                 raise SpecError(f"bounds make no sense for dtype {self.dtype}")
+        self._check_fill()
+
+    def _check_fill(self) -> None:
+        """The placeholder must be a value of the declared dtype (it is stored for absent steps)."""
+        f = self.fill
+        if self.dtype == "string":
+            ok = isinstance(f, str) or f == 0
+        elif self.dtype == "bool":
+            ok = isinstance(f, bool) or f in (0, 1)
+        else:
+            ok = isinstance(f, (int, float)) and not isinstance(f, bool)
+            if ok:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    cast = np.array(f).astype(self.dtype)
+                ok = cast.item() == f or (isinstance(f, float) and np.isnan(f) and self.dtype.startswith("float"))
+        if not ok:
+            raise SpecError(f"fill {f!r} is not a {self.dtype} value")
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -194,6 +211,11 @@ class Text:
     def __post_init__(self) -> None:
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(str(c) for c in self.choices))
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 1):
+            raise SpecError(f"max_length must be a positive integer, got {self.max_length!r}")
+        if not isinstance(self.fill, str):
+            raise SpecError(f"a text fill is a string, got {self.fill!r}")
 
 
 Leaf = Union[Tensor, Scalar, Image, Text]

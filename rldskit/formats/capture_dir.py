@@ -329,6 +329,23 @@ def _step(n: int) -> int | None:
     return n if n >= 0 else None  # the metadata line of a single-file .jsonl episode is not a step
 
 
+_SCAN_ONCE = json.JSONDecoder().scan_once
+
+
+def _loads_line(line: str | bytes) -> Any:
+    """``json.loads`` for one line, with the same results and errors, minus its per-call
+    overhead (encoding detection, two regex matches): the scanner runs directly and anything
+    unusual (leading whitespace, bytes, trailing data) goes through ``json.loads`` itself."""
+    if type(line) is str:
+        try:
+            obj, end = _SCAN_ONCE(line, 0)
+        except StopIteration:
+            return json.loads(line)  # raises the JSONDecodeError with its position
+        if end == len(line) or not line[end:].strip(" \t\n\r"):
+            return obj
+    return json.loads(line)
+
+
 def _parse_lines(raw: list[str] | list[bytes], first_step: int, label: str, fname: str,
                  issues: list[Issue]) -> tuple[list[Any], bool]:
     """Parse JSON lines up to the first bad one. Returns ``(records, torn)``.
@@ -343,7 +360,7 @@ def _parse_lines(raw: list[str] | list[bytes], first_step: int, label: str, fnam
         raw = raw[:-1]
     elif raw:
         tail, raw = raw[-1], raw[:-1]
-    loads = json.loads
+    loads = _loads_line
     try:
         recs = [loads(x) for x in raw]
         bad = None
