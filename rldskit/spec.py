@@ -125,7 +125,10 @@ class Tensor:
             if ok:
                 with np.errstate(over="ignore", invalid="ignore"):
                     cast = np.array(f).astype(self.dtype)
-                ok = cast.item() == f or (isinstance(f, float) and np.isnan(f) and self.dtype.startswith("float"))
+                if self.dtype.startswith("float"):  # rounding is fine (0.1 in float32); overflow to inf is not
+                    ok = bool(np.isfinite(cast)) == bool(np.isfinite(f)) or bool(np.isnan(f))
+                else:
+                    ok = cast.item() == f
         if not ok:
             raise SpecError(f"fill {f!r} is not a {self.dtype} value")
 
