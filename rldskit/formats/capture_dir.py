@@ -928,6 +928,11 @@ def _short(v: Any, n: int = 60) -> str:
 def _decode_metadata(meta: Mapping[str, Any], spec: EpisodeSpec, label: str, issues: list[Issue]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path, leaf in spec.metadata_leaves.items():
+        base = path[: -len(PRESENT_SUFFIX)]
+        if path.endswith(PRESENT_SUFFIX) and getattr(spec.metadata_leaves.get(base), "optional", False):
+            bv = _get(meta, base.split("/"))
+            out[path] = bv is not _MISSING and bv is not None  # the mask follows the signal
+            continue
         v = _get(meta, path.split("/"))
         if v is _MISSING or v is None:
             if not getattr(leaf, "optional", False) and not path.endswith(PRESENT_SUFFIX):
