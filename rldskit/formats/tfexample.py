@@ -1,0 +1,402 @@
+"""``tf.train.Example`` bytes for RLDS episodes and steps, without TensorFlow.
+
+Two concepts:
+
+* **Wire codec**: a minimal protobuf encoder/decoder for the three messages TFDS writes
+  (``Example{Features{map<string, Feature>}}`` with ``BytesList``, packed ``FloatList`` and
+  packed ``Int64List``). Lists are built and parsed with numpy (packed floats are a
+  ``tobytes``; varints are encoded and decoded vectorised), so an episode of a few hundred
+  steps encodes in about a millisecond. Decoding accepts packed and unpacked repeated fields
+  and raises :class:`ExampleDecodeError` naming the feature and byte offset on bad input.
+* **Spec mapping**: the exact layout TFDS produces for ``spec.to_tfds_features()``: flat keys
+  ``steps/<path>`` (values of all ``T`` steps stacked, as ``tfds.features.Dataset`` does) and
+  ``episode_metadata/<path>``; bools and ints as ``int64_list`` (``uint64`` bit-cast); float16/32
+  as ``float_list``; float64 and uint64 as raw little-endian bytes per element (TFDS
+  ``Encoding.BYTES``, which keeps them exact); text and images as ``bytes_list`` (images pass
+  through as their encoded bytes: no decode, no re-encode). An absent optional image is stored
+  as a black frame of the declared shape and restored as ``b""`` (its ``*_present`` mask says so).
+
+:func:`encode_episode`/:func:`decode_episode` handle one episode per record (the RLDS/TFDS
+layout); :func:`encode_step`/:func:`decode_step` one step per record (the step-major layout,
+same per-feature encoding without the ``steps/`` prefix).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rldskit.episode import Episode, LazyFrames
+from rldskit.spec import PRESENT_SUFFIX, EpisodeSpec, Image, Text
+
+__all__ = ["ExampleDecodeError", "encode_features", "decode_features", "encode_episode", "decode_episode",
+           "encode_step", "decode_step"]
+
+BYTES, FLOAT, INT64 = 1, 2, 3  # Feature oneof field numbers
+_KIND_NAME = {BYTES: "bytes_list", FLOAT: "float_list", INT64: "int64_list"}
+
+
+class ExampleDecodeError(ValueError):
+    """Serialized bytes are not a valid Example for the spec (names feature and offset)."""
+
+
+# =========================================================================== varints
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _encode_varints(values: np.ndarray) -> bytes:
+    """Vectorised varint encoding of int64 values (negatives as 10-byte two's complement)."""
+    v = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64).ravel()
+    if v.size == 0:
+        return b""
+    if int(v.max()) < 0x80:
+        return v.astype(np.uint8).tobytes()
+    nbytes = np.ones(v.shape, dtype=np.int64)
+    for k in range(1, 10):
+        nbytes += (v >> np.uint64(7 * k)) != 0
+    shifts = (np.arange(10, dtype=np.uint64) * np.uint64(7))[None, :]
+    groups = ((v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
+    k = np.arange(10)[None, :]
+    groups[k < (nbytes[:, None] - 1)] |= 0x80
+    return groups[k < nbytes[:, None]].tobytes()
+
+
+def _decode_varints(buf: bytes | memoryview, what: str) -> np.ndarray:
+    """Vectorised varint decoding into int64 (two's complement for 10-byte values)."""
+    b = np.frombuffer(buf, dtype=np.uint8)
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if b[-1] & 0x80:
+        raise ExampleDecodeError(f"{what}: truncated varint at the end of a packed list")
+    if not (b & 0x80).any():
+        return b.astype(np.int64)
+    ends = np.flatnonzero(b < 0x80)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    if int((ends - starts).max()) >= 10:
+        raise ExampleDecodeError(f"{what}: varint longer than 10 bytes")
+    pos = np.arange(b.size) - np.repeat(starts, ends - starts + 1)
+    parts = (b & 0x7F).astype(np.uint64) << (pos.astype(np.uint64) * np.uint64(7))
+    return np.add.reduceat(parts, starts).view(np.int64)
+
+
+# =========================================================================== messages
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _feature(kind: int, values: Any) -> bytes:
+    """Serialized ``Feature`` holding ``values`` as the given list kind."""
+    if kind == BYTES:
+        inner = b"".join(b"\x0a" + _varint(len(x)) + x for x in values)
+    elif kind == FLOAT:
+        data = np.ascontiguousarray(values, dtype="<f4").tobytes()
+        inner = _ld(1, data) if data else b""
+    else:
+        data = _encode_varints(values)
+        inner = _ld(1, data) if data else b""
+    return _ld(kind, inner)
+
+
+def encode_features(features: Mapping[str, tuple[int, Any]]) -> bytes:
+    """Serialize ``{key: (kind, values)}`` as a ``tf.train.Example`` (keys in sorted order, so
+    the bytes are deterministic). ``kind`` is ``BYTES`` (list of bytes), ``FLOAT`` or ``INT64``
+    (array-likes)."""
+    parts = []
+    for key in sorted(features):
+        kind, values = features[key]
+        entry = _ld(1, key.encode()) + _ld(2, _feature(kind, values))
+        parts.append(_ld(1, entry))
+    return _ld(1, b"".join(parts))
+
+
+def _read_varint(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise ExampleDecodeError(f"{what}: truncated varint at byte {pos}")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise ExampleDecodeError(f"{what}: varint longer than 10 bytes at byte {pos}")
+
+
+def _fields(buf: memoryview, start: int, end: int, what: str):
+    """Yield ``(field, wire_type, value_or_(start, end), pos)`` for one message's fields."""
+    pos = start
+    while pos < end:
+        tag, pos = _read_varint(buf, pos, end, what)
+        field, wt = tag >> 3, tag & 7
+        if wt == 2:
+            n, pos = _read_varint(buf, pos, end, what)
+            if pos + n > end:
+                raise ExampleDecodeError(f"{what}: field {field} claims {n} bytes at byte {pos}, only {end - pos} left")
+            yield field, wt, (pos, pos + n)
+            pos += n
+        elif wt == 0:
+            v, pos = _read_varint(buf, pos, end, what)
+            yield field, wt, v
+        elif wt == 5:
+            if pos + 4 > end:
+                raise ExampleDecodeError(f"{what}: truncated fixed32 at byte {pos}")
+            yield field, wt, bytes(buf[pos:pos + 4])
+            pos += 4
+        elif wt == 1:
+            if pos + 8 > end:
+                raise ExampleDecodeError(f"{what}: truncated fixed64 at byte {pos}")
+            yield field, wt, bytes(buf[pos:pos + 8])
+            pos += 8
+        else:
+            raise ExampleDecodeError(f"{what}: unsupported wire type {wt} at byte {pos}")
+
+
+def _parse_list(buf: memoryview, kind: int, start: int, end: int, what: str):
+    if kind == BYTES:
+        out = []
+        for field, wt, v in _fields(buf, start, end, what):
+            if field == 1 and wt == 2:
+                out.append(bytes(buf[v[0]:v[1]]))
+        return out
+    chunks: list[np.ndarray] = []
+    for field, wt, v in _fields(buf, start, end, what):
+        if field != 1:
+            continue
+        if kind == FLOAT:
+            if wt == 2:
+                if (v[1] - v[0]) % 4:
+                    raise ExampleDecodeError(f"{what}: packed float list of {v[1] - v[0]} bytes is not a multiple of 4")
+                chunks.append(np.frombuffer(buf[v[0]:v[1]], dtype="<f4"))
+            elif wt == 5:
+                chunks.append(np.frombuffer(v, dtype="<f4"))
+        else:
+            if wt == 2:
+                chunks.append(_decode_varints(buf[v[0]:v[1]], what))
+            elif wt == 0:
+                chunks.append(np.array([v], dtype=np.uint64).view(np.int64))
+    dtype = np.float32 if kind == FLOAT else np.int64
+    return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.zeros(0, dtype=dtype)
+
+
+def decode_features(data: bytes) -> dict[str, tuple[int, Any]]:
+    """Parse a serialized ``tf.train.Example`` into ``{key: (kind, values)}``: bytes lists as
+    ``list[bytes]``, floats as float32 arrays, ints as int64 arrays."""
+    buf = memoryview(data)
+    out: dict[str, tuple[int, Any]] = {}
+    for f1, wt1, span in _fields(buf, 0, len(buf), "Example"):
+        if f1 != 1 or wt1 != 2:
+            continue
+        for f2, wt2, entry in _fields(buf, span[0], span[1], "Features"):
+            if f2 != 1 or wt2 != 2:
+                continue
+            key = None
+            feat = None
+            for f3, wt3, v in _fields(buf, entry[0], entry[1], "Features map entry"):
+                if f3 == 1 and wt3 == 2:
+                    try:
+                        key = bytes(buf[v[0]:v[1]]).decode()
+                    except UnicodeDecodeError:
+                        raise ExampleDecodeError(f"feature name at byte {v[0]} is not UTF-8") from None
+                elif f3 == 2 and wt3 == 2:
+                    feat = v
+            if key is None:
+                raise ExampleDecodeError(f"a feature map entry at byte {entry[0]} has no name")
+            kind, values = BYTES, []
+            if feat is not None:
+                for f4, wt4, lst in _fields(buf, feat[0], feat[1], f"feature {key!r}"):
+                    if f4 in (BYTES, FLOAT, INT64) and wt4 == 2:
+                        kind = f4
+                        values = _parse_list(buf, f4, lst[0], lst[1], f"feature {key!r}")
+            out[key] = (kind, values)
+    return out
+
+
+# =========================================================================== spec mapping
+
+
+@functools.lru_cache(maxsize=32)
+def _placeholder_frame(shape: tuple[int, int, int], encoding: str) -> bytes:
+    from rldskit.synth import encode_image
+
+    return encode_image(np.zeros(shape, dtype=np.uint8), encoding)
+
+
+def _check_encodable(spec: EpisodeSpec) -> None:
+    for path, leaf in spec.step_leaves.items():
+        if not isinstance(leaf, (Image, Text)) and not leaf.is_static:
+            raise ValueError(f"{spec.id}: step feature {path} has a dynamic shape {leaf.shape}; the RLDS TFDS layout "
+                             "(tfds.features.Dataset of fixed-shape tensors) cannot hold it")
+
+
+def _leaf_values(leaf: Any, col: Any, present: np.ndarray | None, n: int, what: str) -> tuple[int, Any]:
+    if isinstance(leaf, Image):
+        frames = col if isinstance(col, (LazyFrames, list)) else list(col)
+        out = []
+        for i in range(n):
+            b = frames[i]
+            if present is not None and not present[i]:
+                b = _placeholder_frame(leaf.shape, leaf.encoding)
+            elif not b:
+                raise ValueError(f"{what}: step {i} has an empty frame")
+            out.append(bytes(b))
+        return BYTES, out
+    if isinstance(leaf, Text) or leaf.dtype == "string":
+        vals = col if isinstance(col, (list, np.ndarray)) else [col]
+        flat: list[Any] = []
+        for v in vals:
+            if isinstance(v, (list, np.ndarray)):
+                flat.extend(v)
+            else:
+                flat.append(v)
+        return BYTES, [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
+    arr = np.asarray(col, dtype=leaf.np_dtype)
+    if leaf.dtype in ("float64", "uint64"):
+        a = arr.reshape((n, -1)) if n else arr.reshape((0, 0))
+        le = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        return BYTES, [le[i].tobytes() for i in range(n)]
+    if leaf.dtype.startswith("float"):
+        return FLOAT, arr
+    if leaf.dtype == "bool":
+        return INT64, arr.astype(np.int64)
+    return INT64, arr.astype(np.int64)
+
+
+def encode_episode(episode: Episode, spec: EpisodeSpec) -> bytes:
+    """Serialize one episode as TFDS would for ``spec.to_tfds_features()``."""
+    _check_encodable(spec)
+    T = len(episode)
+    feats: dict[str, tuple[int, Any]] = {}
+    for path, leaf in spec.step_leaves.items():
+        if path not in episode.steps:
+            raise ValueError(f"episode {episode.episode_id}: column {path} is missing")
+        present = episode.steps.get(path + PRESENT_SUFFIX) if getattr(leaf, "optional", False) else None
+        feats["steps/" + path] = _leaf_values(leaf, episode.steps[path], present, T, f"episode {episode.episode_id} {path}")
+    for path, leaf in spec.metadata_leaves.items():
+        if path not in episode.metadata:
+            raise ValueError(f"episode {episode.episode_id}: metadata {path} is missing")
+        v = episode.metadata[path]
+        if isinstance(leaf, Text):
+            feats["episode_metadata/" + path] = (BYTES, [str(v).encode()])
+        elif leaf.dtype == "string":
+            feats["episode_metadata/" + path] = (BYTES, [str(s).encode() for s in v])
+        else:
+            feats["episode_metadata/" + path] = _leaf_values(leaf, np.asarray(v, dtype=leaf.np_dtype)[None], None, 1,
+                                                             f"episode {episode.episode_id} metadata {path}")
+    return encode_features(feats)
+
+
+def encode_step(episode: Episode, index: int, spec: EpisodeSpec) -> bytes:
+    """Serialize step ``index`` of an episode (keys are the flat step paths)."""
+    _check_encodable(spec)
+    feats: dict[str, tuple[int, Any]] = {}
+    for path, leaf in spec.step_leaves.items():
+        col = episode.steps[path]
+        present = None
+        if getattr(leaf, "optional", False):
+            present = np.asarray(episode.steps[path + PRESENT_SUFFIX][index:index + 1], dtype=bool)
+        if isinstance(leaf, Image):
+            feats[path] = _leaf_values(leaf, [col[index]], present, 1, f"episode {episode.episode_id} {path}")
+        else:
+            feats[path] = _leaf_values(leaf, np.asarray(col[index:index + 1]) if not isinstance(leaf, Text) else [col[index]],
+                                       present, 1, f"episode {episode.episode_id} {path}")
+    return encode_features(feats)
+
+
+def _column(kind: int, values: Any, leaf: Any, n: int, key: str) -> Any:
+    """Typed column of ``n`` rows for ``leaf`` from one decoded feature."""
+    if isinstance(leaf, Image) or isinstance(leaf, Text):
+        if kind != BYTES or len(values) != n:
+            raise ExampleDecodeError(f"feature {key!r}: expected {n} byte strings, got {len(values)} {_KIND_NAME[kind]} values")
+        out = np.empty(n, dtype=object)
+        if isinstance(leaf, Text):
+            try:
+                out[:] = [v.decode() for v in values]
+            except UnicodeDecodeError:
+                raise ExampleDecodeError(f"feature {key!r}: text is not UTF-8") from None
+        else:
+            out[:] = values
+        return out
+    shape = tuple(leaf.shape)
+    per = int(np.prod(shape)) if shape else 1
+    if leaf.dtype in ("float64", "uint64"):
+        if kind != BYTES or len(values) != n or any(len(v) != per * 8 for v in values):
+            raise ExampleDecodeError(f"feature {key!r}: expected {n} raw {leaf.dtype} values of {per * 8} bytes")
+        return np.frombuffer(b"".join(values), dtype="<" + ("f8" if leaf.dtype == "float64" else "u8")) \
+            .astype(leaf.np_dtype).reshape((n, *shape))
+    want = FLOAT if leaf.dtype.startswith("float") else INT64
+    if kind != want:
+        raise ExampleDecodeError(f"feature {key!r}: expected {_KIND_NAME[want]}, got {_KIND_NAME[kind]}")
+    if values.size != n * per:
+        raise ExampleDecodeError(f"feature {key!r}: expected {n} x {list(shape)} = {n * per} values, got {values.size}")
+    if leaf.dtype == "bool":
+        return (values != 0).reshape((n, *shape))
+    return values.astype(leaf.np_dtype).reshape((n, *shape))
+
+
+def decode_episode(data: bytes, spec: EpisodeSpec) -> Episode:
+    """Inverse of :func:`encode_episode` (also reads what TFDS writes for the same features)."""
+    feats = decode_features(data)
+    first = feats.get("steps/is_first")
+    if first is None:
+        raise ExampleDecodeError("not an RLDS episode: feature 'steps/is_first' is absent")
+    T = len(first[1])
+    cols: dict[str, Any] = {}
+    for path, leaf in spec.step_leaves.items():
+        key = "steps/" + path
+        if key not in feats:
+            raise ExampleDecodeError(f"feature {key!r} is absent (declared by {spec.id})")
+        cols[path] = _column(*feats[key], leaf, T, key)
+    for path, leaf in spec.step_leaves.items():
+        if isinstance(leaf, Image) and leaf.optional:
+            absent = ~cols[path + PRESENT_SUFFIX]
+            cols[path][absent] = b""
+    meta: dict[str, Any] = {}
+    for path, leaf in spec.metadata_leaves.items():
+        key = "episode_metadata/" + path
+        if key not in feats:
+            raise ExampleDecodeError(f"feature {key!r} is absent (declared by {spec.id})")
+        kind, values = feats[key]
+        if isinstance(leaf, Text):
+            meta[path] = _column(kind, values, leaf, 1, key)[0]
+        elif leaf.dtype == "string":
+            if kind != BYTES:
+                raise ExampleDecodeError(f"feature {key!r}: expected bytes_list")
+            meta[path] = [v.decode(errors="replace") for v in values]
+        else:
+            v = _column(kind, values, leaf, 1, key)[0]
+            meta[path] = v.item() if v.shape == () else v
+    return Episode(meta, cols)
+
+
+def decode_step(data: bytes, spec: EpisodeSpec) -> dict[str, Any]:
+    """Inverse of :func:`encode_step`: ``{path: value}`` for one step (images as bytes)."""
+    feats = decode_features(data)
+    out: dict[str, Any] = {}
+    for path, leaf in spec.step_leaves.items():
+        if path not in feats:
+            raise ExampleDecodeError(f"feature {path!r} is absent (declared by {spec.id})")
+        out[path] = _column(*feats[path], leaf, 1, path)[0]
+    for path, leaf in spec.step_leaves.items():
+        if isinstance(leaf, Image) and leaf.optional and not out[path + PRESENT_SUFFIX]:
+            out[path] = b""
+    return out
