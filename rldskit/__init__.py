@@ -9,6 +9,9 @@ the functions that need them. The names below are loaded on first use.
 * :func:`read_episode`, :func:`scan_episode`, :func:`recover_episode`: the capture readers
 * :func:`validate`, :func:`validate_paths`, :class:`Gates`, :class:`Report`: validation (``rldskit.validation``)
 * :func:`write_synthetic`: realistic synthetic episodes (``rldskit.synth``)
+* ``rldskit.open(path)`` (= :func:`open_dataset`), :class:`DatasetDir`: read and verify a TFDS
+  RLDS dataset folder, ours or Open-X (``rldskit.formats.tfds_dir``). ``open`` is left out of
+  ``__all__`` so that ``from rldskit import *`` cannot shadow the builtin.
 """
 
 from __future__ import annotations
@@ -31,19 +34,22 @@ _EXPORTS = {
     "Report": "rldskit.validation",
     "Issue": "rldskit.issues",
     "write_synthetic": "rldskit.synth",
+    "open_dataset": "rldskit.formats.tfds_dir", "DatasetDir": "rldskit.formats.tfds_dir",
 }
+#: exported under another name than the one they have in their module (not in ``__all__``)
+_RENAMED = {"open": ("rldskit.formats.tfds_dir", "open_dataset")}
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    mod = _EXPORTS.get(name)
+    mod, attr = _RENAMED.get(name, (_EXPORTS.get(name), name))
     if mod is None:
         raise AttributeError(f"module 'rldskit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
+    value = getattr(importlib.import_module(mod), attr)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+    return sorted(list(globals()) + __all__ + list(_RENAMED))

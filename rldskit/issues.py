@@ -64,6 +64,11 @@ CODES: dict[str, tuple[str, str]] = {
     "TOO_FEW_STEPS": (ERROR, "an episode has fewer steps than min_steps"),
     "TOO_FEW_EPISODES": (ERROR, "fewer episodes than min_episodes"),
     "DUPLICATE_EPISODE_ID": (ERROR, "two episodes share an episode_id"),
+    # converted datasets (TFDS directories; the episode is the shard file)
+    "SHARD_MISSING": (ERROR, "a shard file named by dataset_info.json is absent"),
+    "SHARD_CORRUPT": (ERROR, "a shard fails its checksums or is truncated (the message gives the byte offset or record)"),
+    "SHARD_COUNT_MISMATCH": (ERROR, "an intact shard holds another number of records than dataset_info.json says"),
+    "RECORD_UNDECODABLE": (ERROR, "a record is not a tf.train.Example episode of the dataset's spec"),
 }
 
 

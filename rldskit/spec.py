@@ -304,6 +304,7 @@ _TOP_KEY_TYPES: dict[str, tuple[Any, str]] = {
     "last_step": (lambda v: isinstance(v, str), "\"rlds\" or \"valid\""),
     "primary_clock": (lambda v: v is None or isinstance(v, str), "a string naming a timestamp/* feature"),
     "license": (lambda v: v is None or isinstance(v, str), "a string"),
+    "standard_metadata": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -427,6 +428,7 @@ class EpisodeSpec:
     primary_clock: str | None = None
     description: str = ""
     license: str | None = None
+    standard_metadata: bool = True
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -446,9 +448,9 @@ class EpisodeSpec:
             if node is not None and not (isinstance(node, Tensor) and node.shape == () and node.dtype == "bool"):
                 raise SpecError(f"spec {self.name}: {key} is an RLDS flag and must be a bool scalar")
             steps[key] = Scalar(dtype="bool")
-        meta = dict(STANDARD_EPISODE_METADATA)
+        meta = dict(STANDARD_EPISODE_METADATA) if self.standard_metadata else {}
         for key, node in dict(self.episode_metadata).items():
-            if key in STANDARD_EPISODE_METADATA and node != STANDARD_EPISODE_METADATA[key]:
+            if self.standard_metadata and key in STANDARD_EPISODE_METADATA and node != STANDARD_EPISODE_METADATA[key]:
                 raise SpecError(f"spec {self.name}: episode_metadata/{key} is standard and cannot be redefined")
             meta[key] = node
         object.__setattr__(self, "steps", _freeze(steps))
@@ -532,7 +534,8 @@ class EpisodeSpec:
     # ---- JSON
     def to_dict(self) -> dict[str, Any]:
         steps = {k: v for k, v in self.steps.items() if k not in FLAG_KEYS}
-        meta = {k: v for k, v in self.episode_metadata.items() if k not in STANDARD_EPISODE_METADATA}
+        meta = {k: v for k, v in self.episode_metadata.items()
+                if not (self.standard_metadata and k in STANDARD_EPISODE_METADATA)}
         out: dict[str, Any] = {"name": self.name, "version": self.version}
         if self.description:
             out["description"] = self.description
@@ -545,6 +548,8 @@ class EpisodeSpec:
             out["primary_clock"] = self.primary_clock
         if self.license:
             out["license"] = self.license
+        if not self.standard_metadata:
+            out["standard_metadata"] = False
         out["steps"] = _tree_to_json(steps)
         out["episode_metadata"] = _tree_to_json(meta)
         return out
@@ -557,7 +562,7 @@ class EpisodeSpec:
         if not isinstance(obj, dict):
             raise SpecError(f"{source}: a schema is a JSON object, got {type(obj).__name__}")
         allowed = {"$schema", "name", "version", "description", "fps", "rate_hz", "last_step",
-                   "primary_clock", "license", "steps", "episode_metadata"}
+                   "primary_clock", "license", "steps", "episode_metadata", "standard_metadata"}
         extra = set(obj) - allowed
         if extra:
             raise SpecError(f"{source}: unknown top-level keys {sorted(extra)}")
@@ -575,6 +580,7 @@ class EpisodeSpec:
                 fps=obj.get("fps"), rate_hz=tuple(obj["rate_hz"]) if obj.get("rate_hz") is not None else None,
                 last_step=obj["last_step"], primary_clock=obj.get("primary_clock"),
                 description=obj.get("description", ""), license=obj.get("license"),
+                standard_metadata=obj.get("standard_metadata", True),
             )
         except SpecError as e:
             msg = str(e)
@@ -643,6 +649,38 @@ class EpisodeSpec:
             "steps": tfds.features.Dataset(tree(self.steps)),
             "episode_metadata": tfds.features.FeaturesDict(tree(self.episode_metadata)),
         })
+
+    def to_tfds_features_json(self) -> dict[str, Any]:
+        """The ``features.json`` TFDS writes for :meth:`to_tfds_features`, built without
+        importing TensorFlow (the converter writes it; ``tfds.builder_from_directory`` reads it)."""
+        return {"pythonClassName": _TFDS + "features_dict.FeaturesDict", "featuresDict": {"features": {
+            "steps": {"pythonClassName": _TFDS + "dataset_feature.Dataset",
+                      "sequence": {"feature": _tfds_json_tree(self.steps), "length": "-1"}},
+            "episode_metadata": _tfds_json_tree(self.episode_metadata),
+        }}}
+
+    @classmethod
+    def from_tfds_features_json(cls, obj: Any, *, name: str, version: str, last_step: str | None,
+                                source: str = "features.json", **kwargs: Any) -> EpisodeSpec:
+        """A spec mirroring an existing RLDS TFDS dataset's ``features.json`` (Open-X and
+        others). Its episode metadata is exactly the dataset's (``standard_metadata=False``).
+        ``last_step`` must be given: a foreign dataset does not record it, and it is never
+        guessed (Open-X datasets treat the last action as valid: pass ``"valid"``)."""
+        if last_step is None:
+            raise SpecError(f"{source}: this dataset does not record its last-step convention; pass last_step='rlds' "
+                            "(the last action/reward are not meaningful) or 'valid' (they are, as in Open-X)")
+        try:
+            top = obj["featuresDict"]["features"]
+            steps_node = top["steps"]["sequence"]["feature"]
+        except (KeyError, TypeError):
+            raise SpecError(f"{source}: not an RLDS features.json (expected a FeaturesDict with a 'steps' Dataset)") from None
+        steps = _tree_from_tfds_json(steps_node, f"{source}: steps")
+        meta = _tree_from_tfds_json(top["episode_metadata"], f"{source}: episode_metadata") if "episode_metadata" in top else {}
+        try:
+            return cls(name=name, version=version, steps=steps, episode_metadata=meta, last_step=last_step,
+                       standard_metadata=False, **kwargs)
+        except SpecError as e:
+            raise SpecError(f"{source}: {e}") from None
 
     def to_arrow_schema(self, *, flat: bool = False, level: str = "step"):  # -> pyarrow.Schema
         """A pyarrow schema of one step (``level='step'``) or of episode metadata
@@ -748,6 +786,73 @@ class EpisodeSpec:
         out = tree(self.steps, top=True)
         return {"$schema": "https://json-schema.org/draft/2020-12/schema",
                 "$id": f"rldskit:{self.id}:step", "title": f"{self.name} {self.version}: one captured step", **out}
+
+
+_TFDS = "tensorflow_datasets.core.features."
+
+
+def _tfds_json_leaf(leaf: Leaf) -> dict[str, Any]:
+    doc = leaf.description + (f" [{leaf.unit}]" if getattr(leaf, "unit", None) else "")
+    out: dict[str, Any] = {"description": doc} if doc else {}
+    if isinstance(leaf, Image):
+        out.update(pythonClassName=_TFDS + "image_feature.Image",
+                   image={"shape": {"dimensions": [str(d) for d in leaf.shape]}, "dtype": "uint8",
+                          "encodingFormat": leaf.encoding})
+    elif isinstance(leaf, Text):
+        out.update(pythonClassName=_TFDS + "text_feature.Text", text={})
+    else:
+        shape = {"dimensions": ["-1" if d is None else str(d) for d in leaf.shape]} if leaf.shape else {}
+        scalar = leaf.shape == () and leaf.dtype not in ("float64", "uint64", "string")
+        out.update(pythonClassName=_TFDS + ("scalar.Scalar" if scalar else "tensor_feature.Tensor"),
+                   tensor={"shape": shape, "dtype": leaf.dtype,
+                           "encoding": "bytes" if leaf.dtype in ("float64", "uint64") else "none"})
+    return out
+
+
+def _tfds_json_tree(node: Mapping[str, Any]) -> dict[str, Any]:
+    feats: dict[str, Any] = {}
+    for k, v in node.items():
+        if _is_leaf(v):
+            feats[k] = _tfds_json_leaf(v)
+            if v.optional:
+                feats[k + PRESENT_SUFFIX] = _tfds_json_leaf(Scalar(dtype="bool"))
+        else:
+            feats[k] = _tfds_json_tree(v)
+    return {"pythonClassName": _TFDS + "features_dict.FeaturesDict", "featuresDict": {"features": feats}}
+
+
+def _tree_from_tfds_json(node: Any, where: str) -> dict[str, Any]:
+    if not isinstance(node, dict) or "featuresDict" not in node:
+        raise SpecError(f"{where}: expected a FeaturesDict")
+    out: dict[str, Any] = {}
+    for k, v in node["featuresDict"].get("features", {}).items():
+        path = f"{where}/{k}"
+        desc = v.get("description", "") if isinstance(v, dict) else ""
+        if not isinstance(v, dict):
+            raise SpecError(f"{path}: expected an object")
+        if "featuresDict" in v:
+            out[k] = _tree_from_tfds_json(v, path)
+        elif "image" in v:
+            img = v["image"]
+            dims = [int(d) for d in img.get("shape", {}).get("dimensions", [])]
+            if len(dims) != 3 or min(dims) < 1:
+                raise SpecError(f"{path}: images of unknown size {dims} are not supported")
+            out[k] = Image(shape=tuple(dims), encoding=img.get("encodingFormat") or "png", description=desc)
+        elif "text" in v:
+            out[k] = Text(description=desc)
+        elif "tensor" in v:
+            t = v["tensor"]
+            if t.get("encoding", "none") not in ("none", "bytes"):
+                raise SpecError(f"{path}: tensor encoding {t.get('encoding')!r} is not supported")
+            dims = tuple(None if int(d) < 0 else int(d) for d in t.get("shape", {}).get("dimensions", []))
+            dtype = t.get("dtype", "float32")
+            if dtype not in DTYPES:
+                raise SpecError(f"{path}: dtype {dtype!r} is not supported")
+            out[k] = Scalar(dtype=dtype, description=desc) if dims == () else Tensor(shape=dims, dtype=dtype, description=desc)
+        else:
+            kind = v.get("pythonClassName", "?").rsplit(".", 1)[-1]
+            raise SpecError(f"{path}: TFDS feature {kind} is not supported (Tensor, Scalar, Image, Text and FeaturesDict are)")
+    return out
 
 
 def _nest(s: dict[str, Any], shape: tuple[int | None, ...]) -> dict[str, Any]:

@@ -40,7 +40,9 @@ __all__ = ["Gates", "Report", "validate", "validate_paths", "check_image_bytes"]
 class Gates:
     """Thresholds for :func:`validate`. ``rate_hz=None`` uses the spec's band; ``bounds``
     maps a feature path (``action``) or a named element (``action/steering``) to
-    ``(low, high)``, on top of the spec's own bounds."""
+    ``(low, high)``, on top of the spec's own bounds. ``severity`` overrides a code's default
+    severity (``{"FLAG_IS_LAST": "warning"}``; ``"ignore"`` drops it), e.g. to convert a
+    dataset whose known defect you accept."""
 
     min_steps: int = 1
     min_episodes: int = 1
@@ -52,8 +54,18 @@ class Gates:
     check_images: bool = False
     unique_episode_ids: bool = True
     schema_version: str = "major"  # "exact": minor differences are errors; "major"; "ignore"
+    severity: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from rldskit.issues import CODES
+
+        sev = {str(k): str(v) for k, v in dict(self.severity).items()}
+        for code, level in sev.items():
+            if code not in CODES:
+                raise ValueError(f"severity: unknown issue code {code!r}")
+            if level not in (ERROR, WARNING, "ignore"):
+                raise ValueError(f"severity for {code} must be 'error', 'warning' or 'ignore', got {level!r}")
+        object.__setattr__(self, "severity", sev)
         if self.schema_version not in ("exact", "major", "ignore"):
             raise ValueError(f"schema_version must be 'exact', 'major' or 'ignore', got {self.schema_version!r}")
         if self.rate_hz is not None:
@@ -70,6 +82,21 @@ class Gates:
         object.__setattr__(self, "bounds", b)
         if self.min_steps < 0 or self.min_episodes < 0 or self.max_timestamp_skew_ms < 0:
             raise ValueError("min_steps, min_episodes and max_timestamp_skew_ms must be >= 0")
+
+    def apply(self, issues: list[Issue]) -> list[Issue]:
+        """Issues with this gate's schema-version policy and severity overrides applied."""
+        out = []
+        for i in issues:
+            if i.code in ("SCHEMA_MISMATCH", "SCHEMA_MINOR_MISMATCH"):
+                if self.schema_version == "ignore":
+                    continue
+                if self.schema_version == "exact" and i.code == "SCHEMA_MINOR_MISMATCH":
+                    i = dataclasses.replace(i, severity=ERROR)
+            level = self.severity.get(i.code)
+            if level == "ignore":
+                continue
+            out.append(dataclasses.replace(i, severity=level) if level else i)
+        return out
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any], source: str = "<gates>") -> Gates:
@@ -227,7 +254,7 @@ def validate(episode: Episode, spec: EpisodeSpec, gates: Gates | None = None, *,
             if col is not None:
                 pm = present_masks.get(path)
                 frames += _check_images(col, spec.step_leaves[path], pm, label, path, issues)
-    return Report(episodes=1, steps=T, issues=issues, frames_checked=frames)
+    return Report(episodes=1, steps=T, issues=gates.apply(issues), frames_checked=frames)
 
 
 def _first(mask: np.ndarray) -> int:
@@ -452,11 +479,7 @@ def _validate_one(args: tuple[str, EpisodeSpec | None, Gates, bool]) -> tuple[Re
 
     path, spec, gates, recover = args
     res = scan_episode(path, spec, recover=recover)
-    issues = list(res.issues)
-    if gates.schema_version == "ignore":
-        issues = [i for i in issues if i.code not in ("SCHEMA_MISMATCH", "SCHEMA_MINOR_MISMATCH")]
-    elif gates.schema_version == "exact":
-        issues = [dataclasses.replace(i, severity=ERROR) if i.code == "SCHEMA_MINOR_MISMATCH" else i for i in issues]
+    issues = gates.apply(list(res.issues))
     if res.episode is None:
         return Report(episodes=1, steps=0, issues=issues), None
     used_spec = spec

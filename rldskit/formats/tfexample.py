@@ -33,7 +33,7 @@ from rldskit.episode import Episode, LazyFrames
 from rldskit.spec import PRESENT_SUFFIX, EpisodeSpec, Image, Text
 
 __all__ = ["ExampleDecodeError", "encode_features", "decode_features", "encode_episode", "decode_episode",
-           "encode_step", "decode_step"]
+           "encode_step", "decode_step", "to_tfds_example"]
 
 BYTES, FLOAT, INT64 = 1, 2, 3  # Feature oneof field numbers
 _KIND_NAME = {BYTES: "bytes_list", FLOAT: "float_list", INT64: "int64_list"}
@@ -322,6 +322,23 @@ def encode_step(episode: Episode, index: int, spec: EpisodeSpec) -> bytes:
     return encode_features(feats)
 
 
+def to_tfds_example(episode: Episode, spec: EpisodeSpec) -> dict[str, Any]:
+    """The nested dict ``spec.to_tfds_features().encode_example`` takes for this episode
+    (``{"steps": [step dicts], "episode_metadata": {...}}``), for TFDS builders that let
+    TFDS do the encoding. Absent optional frames become the placeholder frame."""
+    from rldskit.episode import nest
+
+    cols = dict(episode.steps)
+    for path, leaf in spec.step_leaves.items():
+        if isinstance(leaf, Image):
+            frames = cols[path]
+            present = cols.get(path + PRESENT_SUFFIX) if leaf.optional else None
+            cols[path] = [_placeholder_frame(leaf.shape, leaf.encoding) if present is not None and not present[i]
+                          else frames[i] for i in range(len(episode))]
+    steps = [nest({k: cols[k][i] for k in spec.step_leaves}) for i in range(len(episode))]
+    return {"steps": steps, "episode_metadata": nest({k: episode.metadata[k] for k in spec.metadata_leaves})}
+
+
 def _column(kind: int, values: Any, leaf: Any, n: int, key: str) -> Any:
     """Typed column of ``n`` rows for ``leaf`` from one decoded feature."""
     if isinstance(leaf, Image) or isinstance(leaf, Text):
@@ -338,11 +355,11 @@ def _column(kind: int, values: Any, leaf: Any, n: int, key: str) -> Any:
         return out
     shape = tuple(leaf.shape)
     per = int(np.prod(shape)) if shape else 1
-    if leaf.dtype in ("float64", "uint64"):
-        if kind != BYTES or len(values) != n or any(len(v) != per * 8 for v in values):
-            raise ExampleDecodeError(f"feature {key!r}: expected {n} raw {leaf.dtype} values of {per * 8} bytes")
-        return np.frombuffer(b"".join(values), dtype="<" + ("f8" if leaf.dtype == "float64" else "u8")) \
-            .astype(leaf.np_dtype).reshape((n, *shape))
+    if kind == BYTES:  # TFDS Encoding.BYTES: raw little-endian elements, one string per row
+        dt = np.dtype(leaf.dtype).newbyteorder("<")
+        if len(values) != n or any(len(v) != per * dt.itemsize for v in values):
+            raise ExampleDecodeError(f"feature {key!r}: expected {n} raw {leaf.dtype} values of {per * dt.itemsize} bytes")
+        return np.frombuffer(b"".join(values), dtype=dt).astype(leaf.np_dtype).reshape((n, *shape))
     want = FLOAT if leaf.dtype.startswith("float") else INT64
     if kind != want:
         raise ExampleDecodeError(f"feature {key!r}: expected {_KIND_NAME[want]}, got {_KIND_NAME[kind]}")
@@ -350,6 +367,8 @@ def _column(kind: int, values: Any, leaf: Any, n: int, key: str) -> Any:
         raise ExampleDecodeError(f"feature {key!r}: expected {n} x {list(shape)} = {n * per} values, got {values.size}")
     if leaf.dtype == "bool":
         return (values != 0).reshape((n, *shape))
+    if leaf.dtype == "uint64":
+        return values.view(np.uint64).reshape((n, *shape))
     return values.astype(leaf.np_dtype).reshape((n, *shape))
 
 

@@ -1,0 +1,536 @@
+"""TFDS builder ``rlds_capture``: a capture folder (``--manual_dir``) -> an RLDS TFDS dataset.
+
+Thin on purpose: reading (:func:`rldskit.formats.capture_dir.find_episodes`,
+:func:`~rldskit.formats.capture_dir.scan_episode`), validation (:func:`rldskit.validation.validate`)
+and the TFDS example layout (:func:`rldskit.formats.tfexample.to_tfds_example`,
+:meth:`rldskit.spec.EpisodeSpec.to_tfds_features`) all live in rldskit. This file only wires
+them into TFDS's ``_info`` / ``_split_generators`` / ``_generate_examples``.
+
+Three things a reader should know (README.md beside this file has the commands):
+
+* **Schema.** The first of: the builder config's ``schema`` (a ``--config`` JSON such as
+  ``'{"name": "donkey", "schema": "pi5_donkey.v1"}'``), the environment variable
+  ``RLDSKIT_SCHEMA`` (a built-in id or a JSON file), or ``<manual_dir>/schema.json`` (what
+  :class:`rldskit.EpisodeLogger` writes). The dataset version is the schema's version. TFDS
+  creates a builder (and calls ``_info``) before it hands over ``--manual_dir``; when the schema
+  comes from the capture folder, the builder starts unresolved and rebuilds itself, by TFDS's
+  own pickling path (``__setstate__`` -> ``__init__``), the moment ``download_and_prepare``
+  receives ``manual_dir``. A builder made with ``RldsCapture(manual_dir=...)`` knows it at once.
+* **Quarantine.** An episode that cannot be read, fails validation (``Gates()`` by default) or
+  shares its ``episode_id`` with an earlier one is not written and not silently dropped: it is
+  logged with its reasons and listed in ``quarantine.json`` inside the dataset folder (beside
+  ``dataset_info.json``). The build then checks ``episodes in == written + quarantined``, against
+  both TFDS's split counts and the records actually in the shard files, and fails (leaving no
+  finished-looking folder) if any episode is unaccounted for.
+* **Beam.** With ``--beam_pipeline_options`` (or a ``beam_runner``) ``_generate_examples``
+  returns a ``beam.PTransform``; without, a Python generator. The functions that run on workers
+  are module-level and take the schema as JSON text, so workers never rebuild the builder; this
+  module is registered with Beam's cloudpickle to be shipped by value (workers only need
+  rldskit and TFDS installed, not this folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+log = logging.getLogger("rlds_capture")
+
+SCHEMA_ENV = "RLDSKIT_SCHEMA"
+QUARANTINE_FILE = "quarantine.json"
+QUARANTINE_FORMAT = "rldskit.quarantine/1"
+_PART_SUFFIX = ".quarantine-part.json"
+
+
+# =========================================================================== config
+
+
+@dataclasses.dataclass(eq=False)
+class RldsCaptureConfig(tfds.core.BuilderConfig):
+    """Options of one build. ``schema``: built-in id (``pi5_donkey.v1``) or JSON path; empty
+    means ``$RLDSKIT_SCHEMA`` or ``<manual_dir>/schema.json``. ``val_fraction``: share of
+    episodes put in a ``val`` split, chosen by a hash of the episode id (deterministic, stable
+    when episodes are added). ``gates``: a :class:`rldskit.Gates` mapping, or a path to a gates
+    TOML/JSON file; empty means the defaults. ``homepage``: shown in the dataset info."""
+
+    schema: str = ""
+    val_fraction: float = 0.0
+    gates: Any = None
+    homepage: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+
+
+_DEFAULT_CONFIG = RldsCaptureConfig(
+    name="capture",
+    description="Episodes of one capture folder (--manual_dir), schema from its schema.json or $RLDSKIT_SCHEMA.",
+)
+
+
+def resolve_schema(config: RldsCaptureConfig | None, manual_dir: str | None):
+    """``(spec, source)``: the schema a build uses and where it came from; ``(None, reason)``
+    when nothing names one yet (no config schema, no ``$RLDSKIT_SCHEMA``, no manual_dir)."""
+    from rldskit.spec import SpecError, load_spec
+
+    explicit = (config.schema if config is not None else "") or os.environ.get(SCHEMA_ENV, "")
+    if explicit:
+        where = "config schema" if config is not None and config.schema else f"${SCHEMA_ENV}"
+        return load_spec(explicit), f"{explicit} ({where})"
+    if manual_dir:
+        path = Path(manual_dir) / "schema.json"
+        if not path.is_file():
+            raise SpecError(f"{path} not found: --manual_dir must be a capture folder written by rldskit's "
+                            f"EpisodeLogger (it holds schema.json), or name the schema with ${SCHEMA_ENV} or "
+                            "--config '{\"name\": \"...\", \"schema\": \"<id or file>\"}'")
+        return load_spec(path), str(path)
+    return None, "unresolved: no --manual_dir yet"
+
+
+def _gates_dict(gates: Any) -> dict[str, Any]:
+    """The gates as a plain dict (what is shipped to workers and recorded)."""
+    from rldskit.validation import Gates
+
+    if gates is None or gates == "" or gates == {}:
+        g = Gates()
+    elif isinstance(gates, Gates):
+        g = gates
+    elif isinstance(gates, dict):
+        g = Gates.from_dict(gates, source="builder config gates")
+    else:
+        g = Gates.load(gates)
+    d = dataclasses.asdict(g)
+    d["bounds"] = {k: list(v) for k, v in d["bounds"].items()}
+    if d["rate_hz"] is not None:
+        d["rate_hz"] = list(d["rate_hz"])
+    return d
+
+
+# =========================================================================== per-episode work
+# Module-level and free of the builder: these run on Beam workers (shipped by value).
+
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+def _spec_from_json(text: str):
+    spec = _WORKER_CACHE.get(text)
+    if spec is None:
+        from rldskit.spec import EpisodeSpec
+
+        spec = _WORKER_CACHE[text] = EpisodeSpec.from_dict(json.loads(text), source="rlds_capture schema")
+    return spec
+
+
+def convert_episode(item: tuple[str, str, str], spec_json: str, gates: dict[str, Any]) -> tuple[bool, Any]:
+    """Read, validate and lay out one episode. ``item`` is ``(path, key, relative path)``.
+    Returns ``(True, (key, example))`` or ``(False, quarantine record)``; never raises on bad
+    data (an unexpected exception becomes a ``CONVERT_ERROR`` reason)."""
+    from rldskit.formats.capture_dir import scan_episode
+    from rldskit.formats.tfexample import to_tfds_example
+    from rldskit.issues import ERROR
+    from rldskit.validation import Gates, validate
+
+    path, key, rel = item
+    spec = _spec_from_json(spec_json)
+    g = Gates.from_dict(gates)
+    try:
+        res = scan_episode(path, spec)
+        issues = list(res.issues)
+        # the schema-version gate, as rldskit.validation.validate_paths applies it
+        if g.schema_version == "ignore":
+            issues = [i for i in issues if i.code not in ("SCHEMA_MISMATCH", "SCHEMA_MINOR_MISMATCH")]
+        elif g.schema_version == "exact":
+            issues = [dataclasses.replace(i, severity=ERROR) if i.code == "SCHEMA_MINOR_MISMATCH" else i
+                      for i in issues]
+        if res.episode is not None:
+            issues += validate(res.episode, spec, g, label=rel).issues
+        errors = [i for i in issues if i.severity == ERROR]
+        if res.episode is None or errors:
+            if not errors:
+                errors = [_reason("READ_ERROR", rel, "the episode could not be read")]
+            return False, _record(rel, key, errors, [i for i in issues if i.severity != ERROR])
+        if res.episode.episode_id and res.episode.episode_id != key:
+            return False, _record(rel, key, [_reason("READ_ERROR", rel, f"episode_id {res.episode.episode_id!r} differs "
+                                                     f"from {key!r} read from its metadata when the build started "
+                                                     "(the episode changed during the build)")], [])
+        return True, (key, to_tfds_example(res.episode, spec))
+    except Exception as e:  # noqa: BLE001 - a worker must account for every episode
+        return False, {"path": rel, "episode_id": key, "reasons": [
+            {"code": "CONVERT_ERROR", "severity": "error", "episode": rel, "step": None, "field": None,
+             "message": f"{type(e).__name__}: {e}"}], "warnings": []}
+
+
+def _reason(code: str, rel: str, message: str):
+    from rldskit.issues import issue
+
+    return issue(code, rel, message)
+
+
+def _record(rel: str, key: str, errors: list, warnings: list) -> dict[str, Any]:
+    return {"path": rel, "episode_id": key, "reasons": [i.to_dict() for i in errors],
+            "warnings": [i.to_dict() for i in warnings]}
+
+
+def _tagged(item: tuple[str, str, str], spec_json: str, gates: dict[str, Any], split: str):
+    """Beam FlatMap body: good episodes on the main output, the rest on ``quarantine``."""
+    from apache_beam import pvalue
+
+    ok, value = convert_episode(item, spec_json, gates)
+    if ok:
+        yield value
+    else:
+        yield pvalue.TaggedOutput("quarantine", dict(value, split=split))
+
+
+def _write_part(records: list[dict[str, Any]], path: str) -> None:
+    """Write one split's quarantine records (Beam: runs once per split, on some worker)."""
+    from etils import epath
+
+    epath.Path(path).write_text(json.dumps(sorted(records, key=lambda r: r["path"])))
+
+
+def _ship_module_by_value() -> None:
+    """Let Beam pickle this module's functions by value: workers (subprocesses, Dataflow VMs)
+    import rldskit and TFDS but do not have ``builders/`` on their path."""
+    mod = sys.modules[__name__]
+    try:
+        from apache_beam.internal.cloudpickle import cloudpickle as beam_cloudpickle
+
+        beam_cloudpickle.register_pickle_by_value(mod)
+    except (ImportError, ValueError, AttributeError) as e:  # pragma: no cover - older Beam
+        log.warning("could not register %s for pickling by value (%s); Beam workers must import it", __name__, e)
+
+
+# =========================================================================== reading the folder
+
+
+def episode_id_hint(path: Path) -> str | None:
+    """The episode id recorded in an episode's metadata, read cheaply (no steps parsed)."""
+    try:
+        if path.is_dir():
+            meta = json.loads((path / "metadata.json").read_bytes())
+        elif path.name.endswith(".json"):
+            meta = json.loads(path.read_bytes()).get("metadata")
+        else:
+            from rldskit.formats.capture_dir import _chunk_bytes
+
+            first = _chunk_bytes(path).split(b"\n", 1)[0]
+            meta = json.loads(first).get("metadata")
+        eid = meta.get("episode_id") if isinstance(meta, dict) else None
+        return eid if isinstance(eid, str) and eid else None
+    except Exception:  # noqa: BLE001 - unreadable: the episode's own scan reports why
+        return None
+
+
+def in_val_split(key: str, fraction: float) -> bool:
+    """Deterministic split choice from the episode id (sha256, not Python's salted hash)."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return h / 2.0**64 < fraction
+
+
+def count_records(files: list[Any], file_format: str) -> int | None:
+    """Records in shard files, read from the files themselves; ``None`` for other formats."""
+    from etils import epath
+
+    total = 0
+    if file_format == "tfrecord":  # [length u64][crc u32][data][crc u32] per record
+        for f in files:
+            with epath.Path(f).open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                pos = 0
+                while pos < size:
+                    fh.seek(pos)
+                    head = fh.read(8)
+                    if len(head) < 8:
+                        raise RuntimeError(f"{f}: truncated record header at byte {pos}")
+                    pos += 12 + int.from_bytes(head, "little") + 4
+                    if pos > size:
+                        raise RuntimeError(f"{f}: the record at byte {fh.tell() - 8} runs past the end of the file")
+                    total += 1
+        return total
+    if file_format == "array_record":
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        for f in files:
+            reader = ArrayRecordReader(os.fspath(f))
+            try:
+                total += reader.num_records()
+            finally:
+                reader.close()
+        return total
+    return None
+
+
+# =========================================================================== the builder
+
+
+class RldsCapture(tfds.core.GeneratorBasedBuilder):
+    """RLDS episodes from an rldskit capture folder. See the module docstring."""
+
+    VERSION = tfds.core.Version("1.0.0")  # placeholder only: a build uses its schema's version
+    RELEASE_NOTES = {"1.0.0": "Dataset versions are the episode schema's version (EpisodeSpec.version)."}
+    BUILDER_CONFIGS = [_DEFAULT_CONFIG]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    --manual_dir is a capture folder: the root that rldskit's EpisodeLogger (or `rldskit synth`)
+    wrote, with its schema.json and one sub-folder per episode (metadata.json, steps/*.jsonl[.zst],
+    frames/<camera>/*.jpg); single-file *.json / *.jsonl[.zst] episodes are read too. Nothing is
+    downloaded. The schema comes from <manual_dir>/schema.json unless $RLDSKIT_SCHEMA or the
+    builder config's "schema" names one. Episodes that fail validation are listed, with their
+    reasons, in quarantine.json inside the generated dataset folder.
+    """
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        # TFDS 4.9.10's own code_path evaluates `importlib_resources.abc.Traversable`, which
+        # needs the importlib_resources backport (a TFDS dependency only on Python < 3.9), so
+        # download_and_prepare of a builder loaded from a folder fails without it. It is this file.
+        from etils import epath
+
+        return epath.Path(__file__)
+
+    def __init__(self, *, manual_dir: str | os.PathLike | None = None, **kwargs: Any):
+        self._manual_dir = os.fspath(manual_dir) if manual_dir else None
+        super().__init__(**kwargs)
+        # TFDS re-creates a builder from _original_state when unpickling: keep what we need
+        self._original_state.update(manual_dir=self._manual_dir, file_format=kwargs.get("file_format"))
+
+    # ---- schema, version, info
+    @property
+    def spec(self):
+        """The :class:`rldskit.EpisodeSpec` of this build, or ``None`` while unresolved."""
+        if "_spec" not in self.__dict__:
+            self._spec, self._spec_source = resolve_schema(self.builder_config, self._manual_dir)
+        return self._spec
+
+    @property
+    def canonical_version(self) -> tfds.core.Version:  # the schema's version
+        spec = self.spec
+        return tfds.core.Version(spec.version if spec is not None else str(self.VERSION))
+
+    @property
+    def info(self) -> tfds.core.DatasetInfo:
+        # One DatasetInfo per builder state, kept in __dict__ (TFDS keeps it in an lru_cache
+        # keyed by the builder object, which a rebind could not refresh).
+        info = self.__dict__.get("_rldskit_info")
+        if info is None:
+            if not getattr(self, "_version", None):
+                raise AssertionError("info requested before the version is known")
+            info = self.__dict__["_rldskit_info"] = self._info()
+        return info
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        spec = self.spec
+        cfg = self.builder_config
+        homepage = (cfg.homepage if cfg is not None else "") or "https://github.com/google-research/rlds"
+        if spec is None:
+            # tfds build creates the builder before passing --manual_dir: features come with it
+            return tfds.core.DatasetInfo(
+                builder=self, homepage=homepage,
+                description="RLDS episodes from an rldskit capture folder; the schema is read from "
+                            "<manual_dir>/schema.json when the build starts.")
+        source = f"Converted by rldskit from the capture folder {self._manual_dir}" if self._manual_dir else \
+            "Converted by rldskit from a capture folder"
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{spec.description or spec.name}\n\nSchema {spec.id} {spec.version} "
+                        f"(last_step={spec.last_step!r}, fps={spec.fps}). {source}. Episodes that failed "
+                        f"validation are listed in {QUARANTINE_FILE} beside dataset_info.json.",
+            features=spec.to_tfds_features(),
+            homepage=homepage,
+            license=spec.license,
+            metadata=tfds.core.MetadataDict(rldskit_schema=spec.to_dict()),
+        )
+
+    # ---- binding --manual_dir
+    def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs: Any) -> None:
+        download_config = download_config or tfds.download.DownloadConfig()
+        given = os.fspath(download_config.manual_dir) if download_config.manual_dir else None
+        if given and self._manual_dir and Path(given).resolve() != Path(self._manual_dir).resolve():
+            raise ValueError(f"two capture folders: RldsCapture(manual_dir={self._manual_dir!r}) and "
+                             f"download_config.manual_dir={given!r}")
+        if given and self._manual_dir is None:
+            self._rebind(given)
+        if self._manual_dir and not given:
+            download_config = dataclasses.replace(download_config, manual_dir=self._manual_dir)
+        if self.spec is None:
+            raise ValueError(f"{self.name}: no schema. Pass --manual_dir=<capture folder with schema.json> "
+                             f"(or RldsCapture(manual_dir=...)), or name one with ${SCHEMA_ENV}.")
+        super().download_and_prepare(download_dir=download_dir, download_config=download_config, **kwargs)
+
+    def _rebind(self, manual_dir: str) -> None:
+        """Re-create this builder knowing ``manual_dir`` (so schema, version, data_dir and info
+        follow the capture folder), exactly as TFDS re-creates an unpickled builder."""
+        state = dict(self._original_state, manual_dir=manual_dir)
+        self.__dict__.clear()
+        self.__setstate__({"_original_state": state})
+        log.info("rlds_capture: schema %s from %s -> %s", self.spec.id if self.spec else None,
+                 self._spec_source, self.data_dir)
+
+    # ---- generation
+    def _download_and_prepare(self, dl_manager, download_config) -> None:
+        self._use_beam = download_config.beam_options is not None or download_config.beam_runner is not None
+        self._quarantine: list[dict[str, Any]] = []
+        self._parts: list[str] = []
+        self._expected: dict[str, int] = {}
+        try:
+            super()._download_and_prepare(dl_manager, download_config)
+        except Exception:
+            for r in self._collect_quarantine():
+                log.error("rlds_capture: quarantined %s: %s", r["path"], _summary(r))
+            raise
+        if download_config.max_examples_per_split == 0:
+            return
+        self._finish(limited=download_config.max_examples_per_split)
+
+    def _split_generators(self, dl_manager):
+        from rldskit.formats.capture_dir import find_episodes
+
+        root = Path(os.fspath(dl_manager.manual_dir)).resolve()
+        found, problems = find_episodes([root])
+        if not found:
+            raise ValueError(f"no episodes under {root}: " + "; ".join(i.message for i in problems))
+        cfg = self.builder_config
+        fraction = float(cfg.val_fraction) if cfg is not None else 0.0
+        self._spec_json = self.spec.to_json()
+        self._gates = _gates_dict(cfg.gates if cfg is not None else None)
+        self._n_in = len(found)
+        seen: dict[str, str] = {}
+        splits: dict[str, list[tuple[str, str, str]]] = {"train": [], "val": []}
+        for p in found:
+            rel = str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+            key = episode_id_hint(p) or rel
+            split = "val" if in_val_split(key, fraction) else "train"
+            if key in seen:
+                self._quarantine.append(dict(_record(rel, key, [_reason(
+                    "DUPLICATE_EPISODE_ID", rel, f"episode_id {key!r} is also used by {seen[key]}")], []), split=split))
+                continue
+            seen[key] = rel
+            splits[split].append((str(p), key, rel))
+        out = {}
+        for split, items in splits.items():
+            if items:
+                self._expected[split] = len(items)
+                out[split] = self._generate_examples(items=items, split=split)
+            elif split == "train" or fraction > 0:
+                log.warning("rlds_capture: split %r gets no episodes; it is not written", split)
+        log.info("rlds_capture: %d episodes under %s -> %s (schema %s)", len(found), root,
+                 {s: len(v) for s, v in splits.items()}, self.spec.id)
+        return out
+
+    def _generate_examples(self, items: list[tuple[str, str, str]], split: str):
+        if self._use_beam:
+            return self._beam_examples(items, split)
+        return self._local_examples(items, split)
+
+    def _local_examples(self, items, split):
+        for item in items:
+            ok, value = convert_episode(item, self._spec_json, self._gates)
+            if ok:
+                yield value
+            else:
+                record = dict(value, split=split)
+                log.warning("rlds_capture: quarantined %s: %s", record["path"], _summary(record))
+                self._quarantine.append(record)
+
+    def _beam_examples(self, items, split):
+        import apache_beam as beam
+
+        _ship_module_by_value()
+        part = os.fspath(self.data_path / f"{split}{_PART_SUFFIX}")
+        self._parts.append(part)
+        spec_json, gates = self._spec_json, self._gates
+
+        @beam.ptransform_fn
+        def episodes_to_examples(root):
+            results = (root
+                       | "ListEpisodes" >> beam.Create(items)
+                       | "Spread" >> beam.Reshuffle()
+                       | "ReadValidate" >> beam.FlatMap(_tagged, spec_json, gates, split).with_outputs(
+                           "quarantine", main="good"))
+            _ = (results.quarantine
+                 | "CollectQuarantine" >> beam.combiners.ToList()
+                 | "WriteQuarantine" >> beam.Map(_write_part, part))
+            return results.good
+
+        return episodes_to_examples()  # pylint: disable=no-value-for-parameter
+
+    # ---- accounting
+    def _collect_quarantine(self) -> list[dict[str, Any]]:
+        from etils import epath
+
+        records = list(getattr(self, "_quarantine", []))
+        for part in getattr(self, "_parts", []):
+            p = epath.Path(part)
+            if p.exists():
+                records.extend(json.loads(p.read_text()))
+        return sorted(records, key=lambda r: r["path"])
+
+    def _finish(self, limited: int | None) -> None:
+        records = self._collect_quarantine()
+        if self._use_beam:
+            for r in records:
+                log.warning("rlds_capture: quarantined %s: %s", r["path"], _summary(r))
+        fmt = self.info.file_format.value if self.info.file_format else "tfrecord"
+        written, on_disk = {}, {}
+        for name, si in self.info.splits.items():
+            written[name] = si.num_examples
+            on_disk[name] = count_records(si.filepaths, fmt)
+        from etils import epath
+
+        missing_parts = [p for p in self._parts if not epath.Path(p).exists()]
+        n_written, n_quarantined = sum(written.values()), len(records)
+        problems = []
+        if missing_parts:
+            problems.append(f"quarantine output missing for {missing_parts}")
+        for name, n in written.items():
+            if on_disk[name] is not None and on_disk[name] != n:
+                problems.append(f"split {name}: dataset_info says {n} episodes, the shard files hold {on_disk[name]}")
+        if not limited and self._n_in != n_written + n_quarantined:
+            problems.append(f"{self._n_in} episodes in, {n_written} written + {n_quarantined} quarantined: "
+                            f"{self._n_in - n_written - n_quarantined} unaccounted for")
+        report = {
+            "format": QUARANTINE_FORMAT,
+            "dataset": f"{self.name}/{self.builder_config_name}/{self.version}",
+            "source": self._manual_dir,
+            "schema": {"id": self.spec.id, "version": self.spec.version, "from": self._spec_source},
+            "gates": self._gates,
+            "file_format": fmt,
+            "runner": "beam" if self._use_beam else "python",
+            "episodes_in": self._n_in,
+            "written": written,
+            "quarantined_count": n_quarantined,
+            "max_examples_per_split": limited,
+            "quarantined": records,
+        }
+        if problems:
+            raise RuntimeError("rlds_capture: the build does not account for every episode (no dataset is left "
+                               "behind): " + "; ".join(problems) + "\n" + json.dumps(report, indent=1)[:4000])
+        (self.data_path / QUARANTINE_FILE).write_text(json.dumps(report, indent=1) + "\n")
+        for part in self._parts:
+            epath.Path(part).unlink(missing_ok=True)
+        log.info("rlds_capture: %d episodes in, %s written, %d quarantined (%s)", self._n_in, written,
+                 n_quarantined, self.data_path / QUARANTINE_FILE)
+        print(f"rlds_capture: {self._n_in} episodes in, {n_written} written {written}, {n_quarantined} quarantined"
+              + (f" (see {QUARANTINE_FILE} in the dataset folder)" if n_quarantined else ""))
+
+
+def _summary(record: dict[str, Any]) -> str:
+    parts = []
+    for r in record["reasons"][:3]:
+        where = "".join([f" step {r['step']}" if r.get("step") is not None else "",
+                         f" {r['field']}" if r.get("field") else ""])
+        parts.append(f"[{r['code']}]{where}: {r['message']}")
+    more = f" (+{len(record['reasons']) - 3} more)" if len(record["reasons"]) > 3 else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,236 @@
+"""Conversion pipeline: layouts, quarantine, accounting, determinism across runners, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rldskit.episode import assert_episodes_equal
+from rldskit.formats.capture_dir import read_episode
+from rldskit.pipeline import ConversionError, convert
+from rldskit.spec import load_spec
+from rldskit.synth import write_synthetic
+
+BRIDGE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openx" / "bridge_dataset" / "1.0.0"
+SHAPE = (24, 32, 3)
+
+
+def small_spec():
+    return load_spec("pi5_donkey.v1").with_image_shape("observation/image", SHAPE)
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cap")
+    write_synthetic(small_spec(), root / "eps", 6, 15, seed=4)
+    return root / "eps"
+
+
+def _with_bad_episodes(src: Path, dst: Path) -> dict[str, str]:
+    """Copy ``src`` and damage three episodes; returns {episode folder name: expected code}."""
+    shutil.copytree(src, dst)
+    eps = sorted(p for p in dst.iterdir() if p.is_dir())
+    f = eps[1] / "steps" / "000000.jsonl"
+    lines = f.read_text().splitlines(True)
+    step = json.loads(lines[3])
+    step["action"] = [float("nan"), 0.1]
+    lines[3] = json.dumps(step) + "\n"
+    f.write_text("".join(lines))
+    (eps[3] / "frames" / "image" / "000004.jpg").unlink()
+    g = eps[4] / "steps" / "000000.jsonl"
+    g.write_bytes(g.read_bytes()[:-20])
+    return {eps[1].name: "NON_FINITE", eps[3].name: "IMAGE_MISSING", eps[4].name: "JSON_TRUNCATED"}
+
+
+def _outputs(res) -> dict[str, str]:
+    return {o["file"]: o["sha256"] for o in res.manifest["outputs"]}
+
+
+def test_inline_conversion_writes_every_layout_and_accounts_for_every_input(captures, tmp_path):
+    res = convert([captures], tmp_path / "data", name="donkey", runner="inline", shard_size_mb=0.05)
+    out = res.path
+    assert out == tmp_path / "data" / "donkey" / "1.0.0"
+    c = res.counts
+    assert (c["inputs"], c["written"], c["quarantined"], c["steps"]) == (6, 6, 0, 90)
+    names = sorted(p.name for p in out.iterdir())
+    assert {"dataset_info.json", "features.json", "rldskit_spec.json", "manifest.json", "episodes.parquet", "steps"} <= set(names)
+    tf_shards = [n for n in names if ".tfrecord-" in n]
+    ar_shards = [n for n in names if ".array_record-" in n]
+    assert len(tf_shards) == len(ar_shards) >= 2
+    assert not (out / ".rldskit_work").exists()
+    # the episode layout decodes to exactly the source episodes
+    from rldskit.formats.tfds_dir import open_dataset
+
+    ds = open_dataset(out)
+    got = sorted(ds.episodes(), key=lambda e: e.episode_id)
+    src = sorted((read_episode(p, load_frames=True) for p in sorted(captures.iterdir()) if p.is_dir()),
+                 key=lambda e: e.episode_id)
+    for a, b in zip(src, got):
+        assert_episodes_equal(a, b)
+    # manifest checksums are the files' checksums
+    import hashlib
+
+    for o in res.manifest["outputs"]:
+        assert hashlib.sha256((out / o["file"]).read_bytes()).hexdigest() == o["sha256"]
+
+
+def test_step_index_points_at_the_right_steps(captures, tmp_path):
+    import pyarrow.parquet as pq
+
+    from rldskit.formats.arrayrecord import ArrayRecordShardReader
+    from rldskit.formats.tfexample import decode_step
+
+    res = convert([captures], tmp_path / "data", name="donkey", runner="inline", shard_size_mb=0.05)
+    out = res.path
+    spec = small_spec()
+    table = pq.read_table(out / "episodes.parquet").to_pylist()
+    assert len(table) == 6
+    assert [r["first_step"] for r in table] == list(np.cumsum([0] + [r["length"] for r in table[:-1]]))
+    src = {read_episode(p).episode_id: read_episode(p, load_frames=True) for p in captures.iterdir() if p.is_dir()}
+    for row in table:
+        ep = src[row["episode_id"]]
+        with ArrayRecordShardReader(out / row["step_file"]) as r:
+            recs = r.read(list(range(row["step_offset"], row["step_offset"] + row["length"])))
+        for i, rec in enumerate(recs):
+            step = decode_step(rec, spec)
+            np.testing.assert_array_equal(step["action"], ep.steps["action"][i])
+            assert step["timestamp/control"] == ep.steps["timestamp/control"][i]
+            assert step["observation/image"] == ep.steps["observation/image"][i]
+        # low-dimensional columns kept in RAM-friendly form
+        np.testing.assert_array_equal(np.array(row["action"], dtype=np.float32), ep.steps["action"])
+        assert row["timestamp/control"] == list(ep.steps["timestamp/control"])
+
+
+def test_bad_episodes_are_quarantined_with_reasons_and_the_rest_convert(captures, tmp_path):
+    damaged = _with_bad_episodes(captures, tmp_path / "in")
+    res = convert([tmp_path / "in"], tmp_path / "data", name="donkey", runner="inline")
+    c = res.counts
+    assert (c["inputs"], c["written"], c["quarantined"]) == (6, 3, 3)
+    q = {Path(x["key"]).name: [r["code"] for r in x["reasons"]] for x in res.manifest["quarantine"]}
+    assert set(q) == set(damaged)
+    for name, code in damaged.items():
+        assert code in q[name], (name, q[name])
+    statuses = {Path(i["source"]).name: i["status"] for i in res.manifest["inputs"]}
+    assert sum(s == "quarantined" for s in statuses.values()) == 3
+
+
+def test_cli_convert_exit_codes(captures, tmp_path):
+    from rldskit.cli import main
+
+    assert main(["convert", str(captures), "--out", str(tmp_path / "d"), "--name", "x", "--runner", "inline"]) == 0
+    assert main(["convert", str(captures), "--out", str(tmp_path / "d"), "--name", "x", "--runner", "inline"]) == 2  # exists
+    assert main(["convert", str(captures), "--out", str(tmp_path / "d"), "--name", "x", "--runner", "inline",
+                 "--overwrite"]) == 0
+    assert main(["convert", str(tmp_path / "nope"), "--out", str(tmp_path / "d"), "--name", "y"]) == 2
+    _with_bad_episodes(captures, tmp_path / "bad")
+    assert main(["convert", str(tmp_path / "bad"), "--out", str(tmp_path / "d"), "--name", "z", "--runner", "inline"]) == 1
+
+
+def test_empty_input_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError):
+        convert([tmp_path / "empty"], tmp_path / "data", name="x", runner="inline")
+
+
+@pytest.mark.slow
+def test_direct_runner_multi_processing_matches_inline_byte_for_byte(captures, tmp_path):
+    inline = convert([captures], tmp_path / "a", name="donkey", runner="inline", shard_size_mb=0.05)
+    direct = convert([captures], tmp_path / "b", name="donkey", runner="direct", num_workers=2, shard_size_mb=0.05)
+    assert direct.counts == inline.counts
+    assert _outputs(direct) == _outputs(inline)
+
+
+@pytest.mark.slow
+def test_twenty_back_to_back_multi_processing_conversions_agree(tmp_path):
+    src = tmp_path / "eps"
+    write_synthetic(small_spec(), src, 40, 5, seed=9)
+    first = None
+    for n in range(20):
+        res = convert([src], tmp_path / f"run{n}", name="donkey", runner="direct", num_workers=2, shard_size_mb=0.02,
+                      formats=("tfrecord",), step_index=False)
+        assert res.counts["written"] == 40, n
+        if first is None:
+            first = _outputs(res)
+        assert _outputs(res) == first, n
+
+
+@pytest.mark.slow
+def test_dask_runner_on_a_local_cluster_matches_direct_runner(captures, tmp_path):
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    direct = convert([captures], tmp_path / "a", name="donkey", runner="direct", num_workers=2, shard_size_mb=0.05)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster):
+        dask = convert([captures], tmp_path / "b", name="donkey", runner="dask", dask_address=cluster.scheduler_address,
+                       shard_size_mb=0.05)
+    assert dask.counts == direct.counts
+    assert _outputs(dask) == _outputs(direct)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_the_uninterrupted_output(tmp_path):
+    src = tmp_path / "eps"
+    write_synthetic(small_spec(), src, 30, 20, seed=2)
+    ref = convert([src], tmp_path / "ref", name="donkey", runner="inline", shard_size_mb=0.05)
+    cmd = [sys.executable, "-m", "rldskit.cli", "convert", str(src), "--out", str(tmp_path / "out"), "--name", "donkey",
+           "--runner", "inline", "--shard-size-mb", "0.05"]
+    rng = np.random.default_rng(0)
+    from rldskit.formats.tfrecord import verify_tfrecord
+
+    for attempt in range(4):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(0.3, 2.0)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        out = tmp_path / "out" / "donkey" / "1.0.0"
+        if out.exists():
+            for f in out.iterdir():  # any file under a final shard name is complete
+                if ".tfrecord-" in f.name:
+                    n, problems = verify_tfrecord(f)
+                    assert not problems, (attempt, f, problems)
+        finished = (out / "dataset_info.json").exists()
+        r = subprocess.run(cmd + (["--overwrite"] if finished else []), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((out / "manifest.json").read_text())["outputs"] == ref.manifest["outputs"]
+
+
+@pytest.mark.skipif(not BRIDGE.is_dir(), reason="shared Open-X fixture not present")
+def test_open_x_bridge_converts_to_the_step_layout(tmp_path):
+    import pyarrow.parquet as pq
+
+    from rldskit.formats.tfds_dir import open_dataset
+
+    from rldskit.validation import Gates
+
+    # The Octo debug subset cuts episodes to 10 steps and never sets is_last: every episode is
+    # quarantined under default gates (see test_bridge_default_gates_quarantine_everything).
+    gates = Gates(severity={"FLAG_IS_LAST": "warning"})
+    res = convert([BRIDGE], tmp_path / "data", name="bridge_steps", runner="inline", last_step="valid",
+                  formats=("array_record",), gates=gates)
+    assert res.counts == {"inputs": 50, "written": 50, "quarantined": 0, "steps": 500}
+    table = pq.read_table(res.path / "episodes.parquet")
+    assert sorted(set(table.column("split").to_pylist())) == ["train", "val"]
+    src = open_dataset(BRIDGE, last_step="valid")
+    ours = open_dataset(res.path)
+    a = next(iter(src.episodes("val")))
+    b = next(iter(ours.episodes("val")))
+    assert_episodes_equal(a, b)
+    with pytest.raises(Exception, match="last_step"):
+        convert([BRIDGE], tmp_path / "data2", name="b", runner="inline")
+
+
+@pytest.mark.skipif(not BRIDGE.is_dir(), reason="shared Open-X fixture not present")
+def test_bridge_default_gates_quarantine_everything_and_leave_no_dataset(tmp_path):
+    with pytest.raises(ConversionError, match="all 50 inputs were quarantined.*FLAG_IS_LAST"):
+        convert([BRIDGE], tmp_path / "data", name="b", runner="inline", last_step="valid", formats=("array_record",))
+    assert not (tmp_path / "data" / "b" / "1.0.0" / "dataset_info.json").exists()
