@@ -167,7 +167,7 @@ def _describe_value(leaf, value):
     arr = np.asarray(value)
     if arr.dtype == object:
         return [str(v) for v in arr.ravel()[:8]]
-    if arr.dtype.kind == "f":  # six significant digits: a sample is for reading, not for computing
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 8:  # float32: six significant digits are all it has
         arr = np.asarray([float(f"{x:.6g}") for x in arr.ravel()]).reshape(arr.shape)
     if arr.size <= 8:
         return arr.tolist()

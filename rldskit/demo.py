@@ -1,9 +1,14 @@
 """``make demo``: the main job end to end on built-in synthetic data.
 
-Stage 1 (foundation): record synthetic episodes for each built-in schema through the real
-crash-safe logger, validate them with the same code the CLI and pre-commit hook run, then
-show what happens when a logger is killed mid-episode: validation refuses the unfinished
-episode, ``recover`` salvages its complete steps, and validation passes again.
+1. capture: record synthetic episodes for each built-in schema through the real crash-safe
+   logger;
+2. validate them with the same code the CLI and pre-commit hook run;
+3. show what happens when a logger is killed mid-episode: validation refuses the unfinished
+   episode, ``recover`` salvages its complete steps, and validation passes again;
+4. convert the donkey episodes with Beam (DirectRunner, all cores) to a TFDS dataset in
+   TFRecord and ArrayRecord plus the step-major layout, with one damaged episode quarantined;
+5. read it back with TFDS itself (``builder_from_directory``: ``as_dataset`` and
+   ``as_data_source``) and with ``rldskit.open``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,43 @@ _KILLED_LOGGER = textwrap.dedent("""
             print("ready", flush=True)
         time.sleep(0.01)  # a 100 Hz-ish robot; the demo kills it somewhere in here
 """)
+
+
+def _convert_and_read_back(out: Path) -> bool:
+    import json
+
+    from rldskit.pipeline import convert
+
+    _banner("4. convert with Beam (DirectRunner, multi_processing): TFRecord + ArrayRecord + step index")
+    src = out / "episodes" / "pi5_donkey"
+    bad = sorted(p for p in src.iterdir() if p.is_dir())[-1]
+    (bad / "frames" / "image" / "000123.jpg").unlink()  # a frame lost on the SD card
+    res = convert([src], out / "data", name="pi5_donkey", runner="direct", shard_size_mb=8)
+    c = res.counts
+    print(f"  {c['inputs']} episodes in, {c['written']} written, {c['quarantined']} quarantined, {c['steps']} steps, "
+          f"{len(res.manifest['outputs'])} files, {res.seconds:.1f} s")
+    for q in res.manifest["quarantine"]:
+        print(f"  quarantined {Path(q['key']).name}: [{q['reasons'][0]['code']}] {q['reasons'][0]['message']}")
+    print(f"  manifest: {res.path / 'manifest.json'} (every input, every output shard with sha256)")
+
+    _banner("5. read back: TFDS builder_from_directory (as_dataset / as_data_source) and rldskit.open")
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    import rldskit
+
+    builder = tfds.builder_from_directory(str(res.path))
+    n_tf = sum(1 for _ in builder.as_dataset(split="train"))
+    source = tfds.builder_from_directory(str(res.path)).as_data_source(split="train")
+    first = source[0]
+    ds = rldskit.open(res.path)
+    ep = next(iter(ds.episodes("train")))
+    same = np.array_equal(np.stack([s["action"] for s in first["steps"]]), ep.steps["action"])
+    print(f"  tf.data (TFRecord): {n_tf} episodes; data source (ArrayRecord): {len(source)} episodes, "
+          f"first has {len(first['steps'])} steps, images decoded to {first['steps'][0]['observation']['image'].shape}")
+    print(f"  rldskit.open: {ds.num_episodes('train')} episodes; actions equal to TFDS's: {same}")
+    index = json.loads((res.path / "manifest.json").read_text())["counts"]
+    return bool(same and n_tf == c["written"] == len(source) and index["inputs"] == c["written"] + c["quarantined"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  after recover:  {rep.format_table().splitlines()[-1]} (is_terminal=False, tagged 'recovered')")
     ok &= rep.ok
 
-    print(f"\ndemo finished in {time.perf_counter() - t_start:.1f} s; episodes are in {out / 'episodes'}")
+    ok &= _convert_and_read_back(out)
+
+    print(f"\ndemo finished in {time.perf_counter() - t_start:.1f} s; episodes are in {out / 'episodes'}, "
+          f"the dataset in {out / 'data'}")
     print(f"try:  .venv/bin/rldskit validate {out / 'episodes' / 'pi5_donkey'} --check-images")
+    print(f"      .venv/bin/rldskit inspect {out / 'data' / 'pi5_donkey' / '1.0.0'}")
     return 0 if ok else 1
 
 

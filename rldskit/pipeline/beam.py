@@ -19,6 +19,7 @@ uses Beam's DaskRunner against a ``dask.distributed`` scheduler (``dask_address`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +37,8 @@ def pipeline_options(runner: str | None = None, *, num_workers: int | None = Non
     runner = (runner or "direct").lower()
     if runner == "direct":
         workers = num_workers or os.cpu_count() or 1
-        opts = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        opts = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}",
+                "--default_sdk_harness_log_level=WARNING"]
     elif runner == "dask":
         if not dask_address:
             raise ValueError("--runner dask needs --dask-address tcp://HOST:8786 (a dask.distributed scheduler)")
@@ -65,9 +67,19 @@ def run_beam(opts: ConvertOptions, shards: Sequence[ShardPlan], options: Sequenc
     from apache_beam.options.pipeline_options import PipelineOptions
 
     elements = [(n, sh.split, sh.index, [dataclasses.asdict(i) for i in sh.items]) for n, sh in enumerate(shards)]
-    with beam.Pipeline(options=PipelineOptions(list(options))) as p:
-        results = (p
-                   | "Shards" >> beam.Create(elements)
-                   | "Spread" >> beam.Reshuffle()
-                   | "ReadValidateEncodeWrite" >> beam.FlatMap(_write, opts).with_outputs("quarantine", main="shards"))
-        _ = results.quarantine | "CountQuarantined" >> beam.combiners.Count.Globally()
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # the runner's chatter is not the user's business
+    p = beam.Pipeline(options=PipelineOptions(list(options)))
+    results = (p
+               | "Shards" >> beam.Create(elements)
+               | "Spread" >> beam.Reshuffle()
+               | "ReadValidateEncodeWrite" >> beam.FlatMap(_write, opts).with_outputs("quarantine", main="shards"))
+    _ = results.quarantine | "CountQuarantined" >> beam.combiners.Count.Globally()
+    result = p.run()
+    try:
+        state = result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # DaskRunner: the runner opens a client and leaves it open
+        if client is not None:
+            client.close()
+    if str(state).upper().rsplit(".", 1)[-1] not in ("DONE", "NONE"):
+        raise RuntimeError(f"the Beam pipeline ended in state {state}")
