@@ -349,7 +349,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         res = convert(args.sources, args.out, name=args.name, version=args.version, spec=spec, formats=formats,
                       step_index=args.step_index, shard_size_mb=args.shard_size_mb, split=args.split, gates=gates,
                       runner=args.runner, num_workers=args.workers, dask_address=args.dask_address,
-                      beam_options=extra, last_step=args.last_step, overwrite=args.overwrite)
+                      beam_options=extra, last_step=args.last_step, overwrite=args.overwrite,
+                      progress=_Progress("converting (shards)", sys.stderr.isatty()))
     except (ConversionError, SpecError) as e:
         return _err(str(e))
     c = res.counts

@@ -133,51 +133,37 @@ def _spec_from_json(text: str):
 def convert_episode(item: tuple[str, str, str], spec_json: str, gates: dict[str, Any]) -> tuple[bool, Any]:
     """Read, validate and lay out one episode. ``item`` is ``(path, key, relative path)``.
     Returns ``(True, (key, example))`` or ``(False, quarantine record)``; never raises on bad
-    data (an unexpected exception becomes a ``CONVERT_ERROR`` reason)."""
-    from rldskit.formats.capture_dir import scan_episode
+    data (an unexpected exception becomes a ``CONVERT_ERROR`` reason).
+
+    Reading and validation are :func:`rldskit.pipeline.shard.load_checked`, the per-episode
+    check ``rldskit convert`` uses, so both quarantine the same episodes for the same reasons."""
     from rldskit.formats.tfexample import to_tfds_example
-    from rldskit.issues import ERROR
-    from rldskit.validation import Gates, validate
+    from rldskit.pipeline.plan import InputItem
+    from rldskit.pipeline.shard import load_checked
+    from rldskit.validation import Gates
 
     path, key, rel = item
-    spec = _spec_from_json(spec_json)
-    g = Gates.from_dict(gates)
     try:
-        res = scan_episode(path, spec)
-        issues = list(res.issues)
-        # the schema-version gate, as rldskit.validation.validate_paths applies it
-        if g.schema_version == "ignore":
-            issues = [i for i in issues if i.code not in ("SCHEMA_MISMATCH", "SCHEMA_MINOR_MISMATCH")]
-        elif g.schema_version == "exact":
-            issues = [dataclasses.replace(i, severity=ERROR) if i.code == "SCHEMA_MINOR_MISMATCH" else i
-                      for i in issues]
-        if res.episode is not None:
-            issues += validate(res.episode, spec, g, label=rel).issues
-        errors = [i for i in issues if i.severity == ERROR]
-        if res.episode is None or errors:
-            if not errors:
-                errors = [_reason("READ_ERROR", rel, "the episode could not be read")]
-            return False, _record(rel, key, errors, [i for i in issues if i.severity != ERROR])
-        if res.episode.episode_id and res.episode.episode_id != key:
-            return False, _record(rel, key, [_reason("READ_ERROR", rel, f"episode_id {res.episode.episode_id!r} differs "
-                                                     f"from {key!r} read from its metadata when the build started "
-                                                     "(the episode changed during the build)")], [])
-        return True, (key, to_tfds_example(res.episode, spec))
+        spec = _spec_from_json(spec_json)
+        episode, reasons = load_checked(InputItem(0, "capture", path, "", 0), spec, Gates.from_dict(gates))
+        if episode is None:
+            return False, _record(rel, key, reasons or [_reason("READ_ERROR", "the episode could not be read")])
+        if episode.episode_id and episode.episode_id != key:
+            return False, _record(rel, key, [_reason("READ_ERROR", f"episode_id {episode.episode_id!r} differs from "
+                                                     f"{key!r} read from its metadata when the build started "
+                                                     "(the episode changed during the build)")])
+        return True, (key, to_tfds_example(episode, spec))
     except Exception as e:  # noqa: BLE001 - a worker must account for every episode
-        return False, {"path": rel, "episode_id": key, "reasons": [
-            {"code": "CONVERT_ERROR", "severity": "error", "episode": rel, "step": None, "field": None,
-             "message": f"{type(e).__name__}: {e}"}], "warnings": []}
+        return False, _record(rel, key, [_reason("CONVERT_ERROR", f"{type(e).__name__}: {e}")])
 
 
-def _reason(code: str, rel: str, message: str):
-    from rldskit.issues import issue
+def _reason(code: str, message: str, step: int | None = None, field: str | None = None) -> dict[str, Any]:
+    """A reason in the form ``load_checked`` gives them (and ``rldskit convert``'s manifest)."""
+    return {"code": code, "step": step, "field": field, "message": message}
 
-    return issue(code, rel, message)
 
-
-def _record(rel: str, key: str, errors: list, warnings: list) -> dict[str, Any]:
-    return {"path": rel, "episode_id": key, "reasons": [i.to_dict() for i in errors],
-            "warnings": [i.to_dict() for i in warnings]}
+def _record(rel: str, key: str, reasons: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"path": rel, "episode_id": key, "reasons": list(reasons)}
 
 
 def _tagged(item: tuple[str, str, str], spec_json: str, gates: dict[str, Any], split: str):
@@ -414,7 +400,8 @@ class RldsCapture(tfds.core.GeneratorBasedBuilder):
             split = "val" if in_val_split(key, fraction) else "train"
             if key in seen:
                 self._quarantine.append(dict(_record(rel, key, [_reason(
-                    "DUPLICATE_EPISODE_ID", rel, f"episode_id {key!r} is also used by {seen[key]}")], []), split=split))
+                    "DUPLICATE_EPISODE_ID", f"episode_id {key!r} is also used by {seen[key]}", field="episode_id")]),
+                    split=split))
                 continue
             seen[key] = rel
             splits[split].append((str(p), key, rel))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,16 @@ def convert(sources: Sequence[str | Path], out: str | Path, *, name: str, versio
             step_index: bool = True, shard_size_mb: float = 64.0, split: str = "train", gates=None,
             runner: str | None = "direct", num_workers: int | None = None, dask_address: str | None = None,
             beam_options: Sequence[str] = (), last_step: str | None = None, overwrite: bool = False,
-            array_record_compression: str = "uncompressed") -> ConversionResult:
+            array_record_compression: str = "uncompressed",
+            progress: Callable[[int, int], None] | None = None) -> ConversionResult:
     """Convert capture folders, single-file episodes and/or existing TFDS RLDS datasets.
 
     ``spec``: the schema of capture inputs (default: their own ``schema.json``); TFDS inputs
     bring theirs (``last_step`` is needed for foreign ones). ``formats``: ``tfrecord`` and/or
     ``array_record`` (the first is TFDS's ``fileFormat``, the other an alternative).
     ``runner``: ``direct`` (multi-processing, one worker per core), ``dask``, ``inline`` (no
-    Beam) or a Beam runner name, with ``beam_options`` passed through. Raises
+    Beam) or a Beam runner name, with ``beam_options`` passed through. ``progress(done,
+    total)`` is called as shards finish. Raises
     :class:`ConversionError` when inputs cannot be listed or are not all accounted for."""
     from rldskit.validation import Gates
 
@@ -79,13 +81,15 @@ def convert(sources: Sequence[str | Path], out: str | Path, *, name: str, versio
     if runner == "inline":
         from rldskit.pipeline.shard import write_shard
 
-        for sh in shards:
+        for n, sh in enumerate(shards):
             write_shard(opts, sh.split, sh.index, sh.items)
+            if progress:
+                progress(n + 1, len(shards))
     else:
         from rldskit.pipeline.beam import pipeline_options, run_beam
 
         run_beam(opts, shards, pipeline_options(runner, num_workers=num_workers, dask_address=dask_address,
-                                                extra=beam_options))
+                                                extra=beam_options), progress)
     manifest = finalize(opts, items, shards, description=spec.description)
     return ConversionResult(out_dir, manifest, time.perf_counter() - t0)
 

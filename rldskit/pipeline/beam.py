@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rldskit.pipeline.plan import ConvertOptions, ShardPlan
@@ -61,8 +62,23 @@ def _write(element: tuple[int, str, int, list[dict[str, Any]]], opts: ConvertOpt
     yield {"shard": info["shard"], "written": len(info["episodes"]), "quarantined": len(info["quarantined"])}
 
 
-def run_beam(opts: ConvertOptions, shards: Sequence[ShardPlan], options: Sequence[str]) -> None:
-    """Run every shard task on the runner ``options`` name; returns when all finished."""
+def _watch(opts: ConvertOptions, total: int, progress: Callable[[int, int], None], stop: threading.Event) -> None:
+    """Report finished shards (their result files appear in the work folder) until ``stop``."""
+    last = -1
+    while not stop.wait(0.5):
+        try:
+            done = sum(1 for f in os.listdir(opts.work_dir) if f.endswith(".json"))
+        except OSError:
+            continue
+        if done != last:
+            progress(min(done, total), total)
+            last = done
+
+
+def run_beam(opts: ConvertOptions, shards: Sequence[ShardPlan], options: Sequence[str],
+             progress: Callable[[int, int], None] | None = None) -> None:
+    """Run every shard task on the runner ``options`` name; returns when all finished.
+    ``progress(done, total)`` is called as shards finish (polled from the work folder)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -74,10 +90,18 @@ def run_beam(opts: ConvertOptions, shards: Sequence[ShardPlan], options: Sequenc
                | "Spread" >> beam.Reshuffle()
                | "ReadValidateEncodeWrite" >> beam.FlatMap(_write, opts).with_outputs("quarantine", main="shards"))
     _ = results.quarantine | "CountQuarantined" >> beam.combiners.Count.Globally()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(opts, len(shards), progress, stop), daemon=True) if progress else None
+    if watcher:
+        watcher.start()
     result = p.run()
     try:
         state = result.wait_until_finish()
     finally:
+        stop.set()
+        if watcher:
+            watcher.join()
+            progress(len(shards), len(shards))
         client = getattr(result, "client", None)  # DaskRunner: the runner opens a client and leaves it open
         if client is not None:
             client.close()
