@@ -1,10 +1,11 @@
 """TFDS builder ``rlds_capture``: a capture folder (``--manual_dir``) -> an RLDS TFDS dataset.
 
-Thin on purpose: reading (:func:`rldskit.formats.capture_dir.find_episodes`,
-:func:`~rldskit.formats.capture_dir.scan_episode`), validation (:func:`rldskit.validation.validate`)
-and the TFDS example layout (:func:`rldskit.formats.tfexample.to_tfds_example`,
-:meth:`rldskit.spec.EpisodeSpec.to_tfds_features`) all live in rldskit. This file only wires
-them into TFDS's ``_info`` / ``_split_generators`` / ``_generate_examples``.
+Thin on purpose: listing (:func:`rldskit.formats.capture_dir.find_episodes`), reading and
+validating one episode (:func:`rldskit.pipeline.shard.load_checked`: ``scan_episode`` +
+``validate``, the same check ``rldskit convert`` applies) and the TFDS example layout
+(:func:`rldskit.formats.tfexample.to_tfds_example`, :meth:`rldskit.spec.EpisodeSpec.to_tfds_features`)
+all live in rldskit. This file only wires them into TFDS's ``_info`` / ``_split_generators`` /
+``_generate_examples``.
 
 Three things a reader should know (README.md beside this file has the commands):
 
