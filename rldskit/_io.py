@@ -56,3 +56,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = 
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+class TempThenRenameWriter:
+    """Context-manager protocol of the shard writers: a clean exit calls ``close()`` (which
+    renames the finished temp file to its final name); an exception calls ``abort()`` (which
+    removes the temp file), so no final name ever holds a partial file."""
+
+    def close(self) -> None:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -49,7 +49,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
-from rldskit._io import TMP_SUFFIX, fsync_dir
+from rldskit._io import TMP_SUFFIX, TempThenRenameWriter, fsync_dir
 
 __all__ = ["ArrayRecordShardWriter", "ArrayRecordShardReader", "ArrayRecordCorruption", "verify_arrayrecord",
            "writer_options", "choose_compression", "COMPRESSIONS", "IMAGE_HEAVY_COMPRESSION", "LOW_DIM_COMPRESSION"]
@@ -113,7 +113,7 @@ class ArrayRecordCorruption(ValueError):
 # =========================================================================== writing
 
 
-class ArrayRecordShardWriter:
+class ArrayRecordShardWriter(TempThenRenameWriter):
     """Write one ArrayRecord shard atomically. ``num_records`` and ``payload_bytes`` (sum of
     record lengths) are live; ``num_bytes`` (file size) and ``sha256`` are set by :meth:`close`.
     As a context manager: an exception inside ``with`` aborts, so no file appears."""
@@ -194,14 +194,6 @@ class ArrayRecordShardWriter:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> ArrayRecordShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # =========================================================================== reading

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import google_crc32c
 
-from rldskit._io import TMP_SUFFIX, fsync_dir
+from rldskit._io import TMP_SUFFIX, TempThenRenameWriter, fsync_dir
 
 __all__ = ["TFRecordWriter", "TFRecordCorruption", "read_tfrecord", "index_tfrecord", "read_record_at",
            "verify_tfrecord", "masked_crc32c"]
@@ -100,7 +100,7 @@ def _truncated_error(path, offset, length: int | None, remain: int, record: int 
 # =========================================================================== writing
 
 
-class TFRecordWriter:
+class TFRecordWriter(TempThenRenameWriter):
     """Write one TFRecord file atomically (temp file, fsync, rename, fsync of the directory).
 
     ``num_records`` and ``num_bytes`` (file size so far) are live; ``sha256`` (hex digest of
@@ -175,14 +175,6 @@ class TFRecordWriter:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> TFRecordWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # =========================================================================== reading
