@@ -12,7 +12,8 @@ cameras (default 240x320; ``--frame``):
    writing TFRecord with the *same* runner and worker count (``DownloadConfig(beam_options=
    --direct_running_mode=multi_processing --direct_num_workers=2)``, ``_generate_examples``
    returning ``beam.Create(paths) | beam.Map(parse)``). The same builder as a plain generator
-   (one process, no Beam) is a second reference. Target: TFDS+Beam / rldskit >= 5.
+   (one process, no Beam) is a second reference, set against rldskit's ``runner="inline"``
+   (one process, no Beam; same bytes). Target: TFDS+Beam / rldskit >= 5.
    Every run is a fresh process, timed from outside (interpreter start and imports included:
    importing TensorFlow is part of what TFDS costs), ``--repeats`` times in rotation; medians
    are printed. After each run the TFRecord shards are read back with rldskit's
@@ -22,8 +23,11 @@ cameras (default 240x320; ``--frame``):
 2. **MB/s against the floor of copying the input.** The floor is one process that
    ``shutil.copyfile``s every input file (metadata, step lines, frames) into a scratch
    folder; MB/s = input bytes / wall time for both, page cache warm (the parent reads every
-   input file once before timing). Note: rldskit fsyncs each finished shard (crash safety);
-   the copy does not fsync.
+   input file once before timing). rldskit fsyncs each finished shard (crash safety); the
+   copy does not fsync. Creating ~40k files makes the copy's time depend on the file
+   system's allocator (on ext4 it varies run to run), so a second floor is shown that
+   matches what a converter must do at least: read every input file and write the same
+   bytes into one file, fsynced.
 3. **Peak RSS for 1x and 10x the data.** rldskit convert on the input and on ten copies of it
    (distinct episode ids; frames hard-linked, metadata and step files copied, so it costs
    little disk), sampling the RSS of the whole process tree (driver plus Beam workers) every
@@ -63,8 +67,8 @@ SENTINEL = ".bench_convert_data"  # marks a folder this script may delete and re
 RLDSKIT_CHILD = r"""
 import json, sys
 from rldskit.pipeline import convert
-res = convert([sys.argv[1]], sys.argv[2], name="bench_episodes", runner="direct", num_workers=int(sys.argv[3]),
-              formats=("tfrecord",), step_index=False)
+res = convert([sys.argv[1]], sys.argv[2], name="bench_episodes", runner=sys.argv[4] if len(sys.argv) > 4 else "direct",
+              num_workers=int(sys.argv[3]), formats=("tfrecord",), step_index=False)
 print(json.dumps({"seconds": res.seconds, "counts": res.counts}))
 """
 
@@ -85,6 +89,24 @@ for root, dirs, files in os.walk(src):
 print(json.dumps({"seconds": time.perf_counter() - t0, "files": n, "bytes": size}))
 """
 
+CAT_CHILD = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+n = size = 0
+with open(os.path.join(dst, "all.bin"), "wb", buffering=1 << 20) as out:
+    for root, dirs, files in os.walk(src):
+        for f in files:
+            if f.startswith("."):
+                continue
+            with open(os.path.join(root, f), "rb") as fh:
+                size += out.write(fh.read())
+            n += 1
+    out.flush()
+    os.fsync(out.fileno())
+print(json.dumps({"seconds": time.perf_counter() - t0, "files": n, "bytes": size}))
+"""
 
 # --------------------------------------------------------------------------- data
 
@@ -294,6 +316,7 @@ def main() -> int:
     ap.add_argument("--rss-copies", type=int, default=10, help="data multiple for the peak-RSS comparison")
     ap.add_argument("--skip-tfds-beam", action="store_true", help="skip the TFDS builder on Beam")
     ap.add_argument("--skip-tfds-generator", action="store_true", help="skip the TFDS builder without Beam")
+    ap.add_argument("--skip-inline", action="store_true", help="skip rldskit's runner=inline (1 process, no Beam)")
     ap.add_argument("--skip-rss", action="store_true", help="skip the 1x/10x peak-RSS measurement")
     ap.add_argument("--data", default=str(ROOT / "bench_out" / "convert_data"))
     args = ap.parse_args()
@@ -307,16 +330,21 @@ def main() -> int:
     W = str(args.workers)
     kinds = {
         "rldskit": ([py, "-c", RLDSKIT_CHILD, str(data), str(scratch / "rldskit"), W], scratch / "rldskit"),
+        "rldskit_inline": ([py, "-c", RLDSKIT_CHILD, str(data), str(scratch / "rldskit_inline"), W, "inline"],
+                           scratch / "rldskit_inline"),
         "tfds_beam": ([py, str(BENCH / "_tfds_baseline.py"), "beam", str(data), str(scratch / "tfds_beam"),
                        "--workers", W], scratch / "tfds_beam"),
         "tfds_generator": ([py, str(BENCH / "_tfds_baseline.py"), "generator", str(data),
                             str(scratch / "tfds_generator")], scratch / "tfds_generator"),
         "copy": ([py, "-c", COPY_CHILD, str(data), str(scratch / "copy")], scratch / "copy"),
+        "cat": ([py, "-c", CAT_CHILD, str(data), str(scratch / "cat")], scratch / "cat"),
     }
     if args.skip_tfds_beam:
         del kinds["tfds_beam"]
     if args.skip_tfds_generator:
         del kinds["tfds_generator"]
+    if args.skip_inline:
+        del kinds["rldskit_inline"]
     walls: dict[str, list[float]] = {k: [] for k in kinds}
     inproc: dict[str, list[float]] = {k: [] for k in kinds}
     counts: dict[str, list[int]] = {k: [] for k in kinds}
@@ -328,7 +356,7 @@ def main() -> int:
           f"{n_files} files, {mb:.1f} MB ({data})", flush=True)
     for r in range(args.repeats):
         for kind, (cmd, out) in kinds.items():
-            wall, res, _, err = run(cmd, out, scratch / "logs" / f"{kind}_{r}", fatal=kind in ("rldskit", "copy"))
+            wall, res, _, err = run(cmd, out, scratch / "logs" / f"{kind}_{r}", fatal=kind not in ("tfds_beam", "tfds_generator"))
             if err is not None:
                 errors[kind].append(err)
                 print(f"  run {r + 1} {kind}: FAILED after {wall:.1f} s (see {scratch / 'logs'})", flush=True)
@@ -336,11 +364,11 @@ def main() -> int:
             walls[kind].append(wall)
             inproc[kind].append(res["seconds"])
             note = ""
-            if kind != "copy":
+            if kind not in ("copy", "cat"):
                 digests = read_back(out)
                 counts[kind].append(len(digests))
-                claimed[kind].append(res["counts"]["written"] if kind == "rldskit" else res["num_examples"])
-                if kind == "rldskit":
+                claimed[kind].append(res["counts"]["written"] if kind.startswith("rldskit") else res["num_examples"])
+                if kind.startswith("rldskit"):
                     if len(set(digests)) != len(digests) or res["counts"]["written"] != len(digests):
                         raise SystemExit(f"rldskit wrote {len(digests)} records, {len(set(digests))} distinct, "
                                          f"manifest says {res['counts']['written']}")
@@ -359,19 +387,21 @@ def main() -> int:
           f"median of {args.repeats} runs, each a fresh process (interpreter start and imports included)")
     labels = {
         "rldskit": f"rldskit convert (DirectRunner multi_processing x{args.workers})",
+        "rldskit_inline": "rldskit convert, runner=inline (1 process, no Beam)",
         "tfds_beam": f"TFDS GeneratorBasedBuilder, Beam (same runner x{args.workers})",
         "tfds_generator": "TFDS GeneratorBasedBuilder, plain generator (1 process)",
         "copy": "floor: shutil.copyfile every input file (1 process)",
+        "cat": "floor: read every input file into 1 file, fsync (1 process)",
     }
     for kind in kinds:
         if kind not in med:
             print(f"  {labels[kind]:62s} all {len(errors[kind])} runs FAILED")
             continue
-        line = (f"  {labels[kind]:62s} {med[kind]:7.2f} s (in-process {med_in[kind]:6.2f} s) "
-                f"{mb / med[kind]:7.1f} MB/s")
-        if kind != "copy":
+        line = (f"  {labels[kind]:62s} {med[kind]:7.2f} s [{min(walls[kind]):.2f}-{max(walls[kind]):.2f}] "
+                f"(in-process {med_in[kind]:6.2f} s) {mb / med[kind]:7.1f} MB/s")
+        if kind not in ("copy", "cat"):
             line += f"  episodes written per run {counts[kind]} of {args.episodes}"
-            if kind != "rldskit":
+            if not kind.startswith("rldskit"):
                 line += f" (TFDS reported {claimed[kind]}); same content as rldskit's: {same[kind]}"
         if errors[kind]:
             line += f"; {len(errors[kind])} runs FAILED"
@@ -383,16 +413,21 @@ def main() -> int:
             lost = [args.episodes - c for c in counts[kind]]
             print(f"  NOTE {kind} DROPPED episodes: lost {lost} of {args.episodes} per run "
                   f"while reporting {claimed[kind]} written")
-    if any(c != args.episodes for c in counts["rldskit"]):
-        print(f"  NOTE rldskit wrote {counts['rldskit']} of {args.episodes} episodes")
+    for kind in ("rldskit", "rldskit_inline"):
+        if any(c != args.episodes for c in counts.get(kind, [])):
+            print(f"  NOTE {kind} wrote {counts[kind]} of {args.episodes} episodes")
     for kind in ("tfds_beam", "tfds_generator"):
         if kind in med:
             ratio = med[kind] / med["rldskit"]
             target = " (target >= 5.00): " + ("PASS" if ratio >= 5.0 else "FAIL") if kind == "tfds_beam" else ""
             print(f"RATIO {kind}/rldskit wall-clock = {ratio:.2f}{target}")
-    print(f"RATIO copy floor MB/s / rldskit MB/s = {med['rldskit'] / med['copy']:.2f} "
-          f"(rldskit {mb / med['rldskit']:.1f} MB/s, copy {mb / med['copy']:.1f} MB/s; in-process: "
-          f"{med_in['rldskit'] / med_in['copy']:.2f})")
+    if "tfds_generator" in med and "rldskit_inline" in med:
+        print(f"RATIO tfds_generator/rldskit_inline wall-clock (both 1 process, no Beam) = "
+              f"{med['tfds_generator'] / med['rldskit_inline']:.2f}")
+    for floor in ("copy", "cat"):
+        print(f"RATIO {floor} floor MB/s / rldskit MB/s = {med['rldskit'] / med[floor]:.2f} "
+              f"(rldskit {mb / med['rldskit']:.1f} MB/s, {floor} {mb / med[floor]:.1f} MB/s; in-process: "
+              f"{med_in['rldskit'] / med_in[floor]:.2f})")
 
     if not args.skip_rss:
         big = data.parent / f"{data.name}_x{args.rss_copies}"

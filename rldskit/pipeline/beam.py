@@ -87,9 +87,7 @@ def run_beam(opts: ConvertOptions, shards: Sequence[ShardPlan], options: Sequenc
     p = beam.Pipeline(options=PipelineOptions(list(options)))
     results = (p
                | "Shards" >> beam.Create(elements)
-               | "Spread" >> beam.Reshuffle()
                | "ReadValidateEncodeWrite" >> beam.FlatMap(_write, opts).with_outputs("quarantine", main="shards"))
-    _ = results.quarantine | "CountQuarantined" >> beam.combiners.Count.Globally()
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(opts, len(shards), progress, stop), daemon=True) if progress else None
     if watcher:
