@@ -20,7 +20,7 @@ from rldskit.pipeline import ConversionError, convert
 from rldskit.spec import load_spec
 from rldskit.synth import write_synthetic
 
-BRIDGE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openx" / "bridge_dataset" / "1.0.0"
+from shared_fixtures import BRIDGE  # noqa: E402
 SHAPE = (24, 32, 3)
 
 

@@ -24,7 +24,7 @@ from rldskit.formats.tfds_dir import (DatasetError, is_dataset_dir, open_dataset
 from rldskit.spec import EpisodeSpec, Image, SpecError, Text, load_spec
 from rldskit.synth import write_synthetic
 
-BRIDGE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openx" / "bridge_dataset" / "1.0.0"
+from shared_fixtures import BRIDGE  # noqa: E402
 needs_bridge = pytest.mark.skipif(not BRIDGE.is_dir(), reason=f"shared Open-X fixture absent: {BRIDGE}")
 NAME = "donkey"
 #: episodes per shard, per split, of the dataset the tests write (5 synthetic episodes)
