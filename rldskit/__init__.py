@@ -9,6 +9,8 @@ the functions that need them. The names below are loaded on first use.
 * :func:`read_episode`, :func:`scan_episode`, :func:`recover_episode`: the capture readers
 * :func:`validate`, :func:`validate_paths`, :class:`Gates`, :class:`Report`: validation (``rldskit.validation``)
 * :func:`write_synthetic`: realistic synthetic episodes (``rldskit.synth``)
+* :func:`convert`: episodes -> TFDS RLDS dataset + step index (``rldskit.pipeline``, Beam imported lazily)
+* :func:`open` / :func:`open_dataset`: read a converted or Open-X RLDS dataset (``rldskit.formats.tfds_dir``)
 * ``rldskit.open(path)`` (= :func:`open_dataset`), :class:`DatasetDir`: read and verify a TFDS
   RLDS dataset folder, ours or Open-X (``rldskit.formats.tfds_dir``). ``open`` is left out of
   ``__all__`` so that ``from rldskit import *`` cannot shadow the builtin.
@@ -35,6 +37,7 @@ _EXPORTS = {
     "Issue": "rldskit.issues",
     "write_synthetic": "rldskit.synth",
     "open_dataset": "rldskit.formats.tfds_dir", "DatasetDir": "rldskit.formats.tfds_dir",
+    "convert": "rldskit.pipeline", "ConversionError": "rldskit.pipeline",
 }
 #: exported under another name than the one they have in their module (not in ``__all__``)
 _RENAMED = {"open": ("rldskit.formats.tfds_dir", "open_dataset")}
