@@ -14,6 +14,8 @@ the functions that need them. The names below are loaded on first use.
 * ``rldskit.open(path)`` (= :func:`open_dataset`), :class:`DatasetDir`: read and verify a TFDS
   RLDS dataset folder, ours or Open-X (``rldskit.formats.tfds_dir``). ``open`` is left out of
   ``__all__`` so that ``from rldskit import *`` cannot shadow the builtin.
+* ``rldskit.loaders``: Grain loaders (windows, steps, checkpointable iteration) over converted
+  datasets; the subpackage is imported on first use, and Grain only when a loader is built.
 """
 
 from __future__ import annotations
@@ -41,11 +43,15 @@ _EXPORTS = {
 }
 #: exported under another name than the one they have in their module (not in ``__all__``)
 _RENAMED = {"open": ("rldskit.formats.tfds_dir", "open_dataset")}
+#: subpackages loaded on first attribute access (``rldskit.loaders.windows(...)``)
+_SUBMODULES = ("loaders",)
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"rldskit.{name}")
     mod, attr = _RENAMED.get(name, (_EXPORTS.get(name), name))
     if mod is None:
         raise AttributeError(f"module 'rldskit' has no attribute {name!r}")
@@ -55,4 +61,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__ + list(_RENAMED))
+    return sorted(list(globals()) + __all__ + list(_RENAMED) + list(_SUBMODULES))

@@ -8,7 +8,10 @@
 4. convert the donkey episodes with Beam (DirectRunner, all cores) to a TFDS dataset in
    TFRecord and ArrayRecord plus the step-major layout, with one damaged episode quarantined;
 5. read it back with TFDS itself (``builder_from_directory``: ``as_dataset`` and
-   ``as_data_source``) and with ``rldskit.open``.
+   ``as_data_source``) and with ``rldskit.open``;
+6. train-side loading: a few batches of windows (2 observations of history, 8-step action
+   chunks, padded and masked at episode edges, images decoded, actions normalised) through the
+   Grain loader and its torch adapter, and a resumed iterator matching the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -67,10 +70,16 @@ def _convert_and_read_back(out: Path) -> bool:
     print(f"  manifest: {res.path / 'manifest.json'} (every input, every output shard with sha256)")
 
     _banner("5. read back: TFDS builder_from_directory (as_dataset / as_data_source) and rldskit.open")
+    import logging
+
     import numpy as np
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     import tensorflow_datasets as tfds
 
     import rldskit
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
     builder = tfds.builder_from_directory(str(res.path))
     n_tf = sum(1 for _ in builder.as_dataset(split="train"))
@@ -84,6 +93,35 @@ def _convert_and_read_back(out: Path) -> bool:
     print(f"  rldskit.open: {ds.num_episodes('train')} episodes; actions equal to TFDS's: {same}")
     index = json.loads((res.path / "manifest.json").read_text())["counts"]
     return bool(same and n_tf == c["written"] == len(source) and index["inputs"] == c["written"] + c["quarantined"])
+
+
+def _load_windows(dataset: Path) -> bool:
+    import numpy as np
+
+    from rldskit.loaders import windows
+    from rldskit.loaders.torch import TorchLoader
+
+    _banner("6. load windows for training (Grain; torch adapter; exact resume)")
+    kw = dict(history=2, action_horizon=8, batch_size=64, seed=0, shuffle=True, num_epochs=1, normalize="stats")
+    t0 = time.perf_counter()
+    loader = windows(dataset, **kw)
+    first = next(iter(loader))
+    print(f"  first batch after {time.perf_counter() - t0:.2f} s; {len(loader)} batches per epoch")
+    for k, v in sorted(first.items()):
+        print(f"    {k:28s} {str(v.dtype):8s} {tuple(v.shape)}")
+    print(f"  padded history frames in this batch: {int(first['observation_is_pad'].sum())}, "
+          f"padded action steps: {int(first['action_is_pad'].sum())}")
+    state = loader.get_state()
+    rest = [b["action"] for b in loader]
+    again = windows(dataset, **kw)
+    again.set_state(state)
+    resumed = [b["action"] for b in again]
+    same = len(rest) == len(resumed) and all(np.array_equal(a, b) for a, b in zip(rest, resumed))
+    print(f"  resumed from get_state() after batch 1: {len(resumed)} more batches, identical: {same}")
+    tb = next(iter(TorchLoader(windows(dataset, **kw))))
+    print(f"  torch: action {tuple(tb['action'].shape)} {tb['action'].dtype}, "
+          f"image {tuple(tb['observation/image'].shape)} {tb['observation/image'].dtype}")
+    return same
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ok &= rep.ok
 
     ok &= _convert_and_read_back(out)
+    ok &= _load_windows(out / "data" / "pi5_donkey" / "1.0.0")
 
     print(f"\ndemo finished in {time.perf_counter() - t_start:.1f} s; episodes are in {out / 'episodes'}, "
           f"the dataset in {out / 'data'}")
