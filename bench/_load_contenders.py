@@ -96,6 +96,14 @@ def tree_cpu() -> float:
     return total
 
 
+def own_cpu() -> float:
+    """CPU seconds of this process and of its reaped children (the floor's finished process pool)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
 def machine_busy() -> float:
     t = psutil.cpu_times()
     return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
@@ -338,7 +346,7 @@ def run_floor(cfg: dict) -> dict:
     decoders = {"pil": pil_numpy, "pil_load": pil_load}
     out = {"frames": len(frames), "windows": n_windows, "what": what, "frame_shape": list(shape),
            "mean_jpeg_bytes": sum(map(len, frames)) / len(frames), "rates": {}}
-    c0, m0, t0 = tree_cpu(), machine_busy(), time.perf_counter()
+    c0, m0, t0 = own_cpu(), machine_busy(), time.perf_counter()
     # Pillow in 2 processes (fork, frames inherited), in case threads do not scale (before TF is imported)
     import multiprocessing
 
@@ -402,7 +410,7 @@ def run_floor(cfg: dict) -> dict:
             out["rates"][f"{name} x{threads}"] = rates
             log(f"{name} x{threads} threads: median {statistics.median(rates):.0f} frames/s {[round(r) for r in rates]}")
     dt = time.perf_counter() - t0
-    out["foreign"] = max(0.0, machine_busy() - m0 - (tree_cpu() - c0)) / (dt * (os.cpu_count() or 1))
+    out["foreign"] = max(0.0, machine_busy() - m0 - (own_cpu() - c0)) / (dt * (os.cpu_count() or 1))
     return out
 
 

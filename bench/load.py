@@ -285,14 +285,15 @@ def main() -> int:
     for k in loaders:
         shapes.setdefault(json.dumps(results[k][0]["batch"]), []).append(k)
     for b, ks in shapes.items():
-        who = "tf.data" if ks == [tf_key] else "rldskit, every setting" if len(ks) == len(loaders) - (tf_key in ks) else ", ".join(ks)
+        who = ("tf.data" if ks == [tf_key] else "rldskit, every setting" if ks == [k for k in loaders if k != tf_key]
+               else ", ".join(ks))
         print(f"  batch ({who}): " + ", ".join(f"{k} {v}" for k, v in json.loads(b).items()))
     for k in loaders:
         imgs = results[k][0]["images"]
         if len(imgs) != 2:
             print(f"  NOTE {k}: expected 2 decoded camera windows (B, {args.history}, H, W, C) in a batch, found {imgs}")
 
-    floor_rate = None
+    floor_rate = pil_floor = None
     if "floor" in results and results["floor"]:
         runs = results["floor"]
         merged = {name: [x for res in runs for x in res["rates"][name]] for name in runs[0]["rates"]}
@@ -309,6 +310,9 @@ def main() -> int:
                   f"frames/s = {statistics.median(rs) / (2 * args.history):7.1f} samples/s")
         best = max((n for n in merged if not n.startswith("pil_load")), key=lambda n: statistics.median(merged[n]))
         floor_rate = statistics.median(merged[best]) / (2 * args.history)
+        pil_best = max((n for n in merged if n.startswith("pil") and not n.startswith("pil_load")),
+                       key=lambda n: statistics.median(merged[n]))
+        pil_floor = statistics.median(merged[pil_best]) / (2 * args.history)
         dec, threads = best.split(" x")
         print(f"  floor = the fastest way to numpy arrays above: {names[dec]}, {threads} "
               f"{ {'pilproc': 'processes', 'tfgraph': 'cores'}.get(dec, 'threads')}: {floor_rate:.1f} samples/s")
@@ -329,6 +333,9 @@ def main() -> int:
         ratio = rate[best_rk] / floor_rate
         print(f"RATIO rldskit/floor samples/s = {ratio:.2f} ({rate[best_rk]:.1f} vs {floor_rate:.1f}; target >= 0.80): "
               f"{'PASS' if ratio >= 0.8 else 'FAIL'}")
+    if best_rk and pil_floor:
+        print(f"RATIO rldskit/Pillow floor samples/s = {rate[best_rk] / pil_floor:.2f} ({rate[best_rk]:.1f} vs "
+              f"{pil_floor:.1f}: the floor of the decoder rldskit uses, Pillow to numpy; for information)")
     if floor_rate and tf_key in rate:
         print(f"RATIO tf.data/floor samples/s = {rate[tf_key] / floor_rate:.2f} (how close the baseline runs to the "
               f"decode floor: rldskit/tf.data > 1 needs rldskit/floor > {rate[tf_key] / floor_rate:.2f})")
