@@ -5,7 +5,7 @@
 Progress goes to stderr; the last stdout line is one JSON object with the measurements.
 
 * ``rldskit``: ``rldskit.loaders.windows(dataset, history=..., action_horizon=..., batch_size=...,
-  seed=0, shuffle=True, num_epochs=None, decode_images=True, **loader_kwargs)``.
+  seed=0, shuffle=True, num_epochs=None, decode_images=True, resize=..., **loader_kwargs)``.
 * ``tfdata``: what Octo/OpenVLA users run (dlimp's ``DLataset.from_rlds`` and Octo's
   ``make_interleaved_dataset``, written out here in plain tf.data):
   ``tfds.builder_from_directory(dataset).as_dataset(split="train", shuffle_files=True,
@@ -17,7 +17,8 @@ Progress goes to stderr; the last stdout line is one JSON object with the measur
   clamped to the last step, with ``action_pad_mask``) -> ``interleave(from_tensor_slices,
   cycle_length=AUTOTUNE, num_parallel_calls=AUTOTUNE)`` (dlimp's ``flatten``) -> ``shuffle(buffer)``
   of encoded windows -> ``map`` (AUTOTUNE) decoding every frame of the window with
-  ``tf.io.decode_jpeg`` (Octo's ``decode_and_resize`` without the resize) -> ``batch`` ->
+  ``tf.io.decode_jpeg`` (Octo's ``decode_and_resize``; with ``resize``, its
+  ``tf.image.resize(method="lanczos3", antialias=True)`` and round/clip/cast to uint8) -> ``batch`` ->
   ``prefetch(AUTOTUNE)`` -> ``as_numpy_iterator()``. ``options.deterministic = False``.
 * ``floor``: exactly the JPEG bytes the rldskit runs decode first when timing: the ``history``
   frames per camera (clamped at the episode start) of ``floor_samples`` samples of rldskit's seed-0
@@ -27,7 +28,12 @@ Progress goes to stderr; the last stdout line is one JSON object with the measur
   libjpeg-turbo; Pillow's decoder releases the GIL), Pillow ``load()`` only (no numpy array; for
   information), eager ``tf.io.decode_jpeg(b).numpy()``, and a ``tf.function`` decoding 32 frames per
   call as 32 independent ``decode_jpeg`` ops (TF's executor runs them on all cores; no per-frame
-  eager overhead, as inside tf.data).
+  eager overhead, as inside tf.data). Pillow is timed after TensorFlow is imported: in a fresh
+  process glibc's malloc serves every frame's 1.2 MB image buffer and 0.9 MB ``tobytes`` result
+  with mmap/munmap, so each frame page-faults fresh memory (1.1 ms/frame to numpy here instead of
+  0.63; ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864`` or importing TensorFlow makes it
+  0.63). That state is Pillow's fastest, so it is the one the floor uses. (rldskit's batch
+  transform was measured both ways: 200 vs 192 ms per batch, so it is barely affected.)
 
 Timing protocol for the two loaders (``drive``): build the pipeline and take the first batch (time to
 first batch, from the call that builds the loader; also from the child's first line, imports
@@ -209,7 +215,8 @@ def run_rldskit(cfg: dict) -> dict:
     def make():
         ds = rldskit.loaders.windows(cfg["dataset"], history=cfg["history"], action_horizon=cfg["action_horizon"],
                                      batch_size=cfg["batch_size"], seed=0, shuffle=True, num_epochs=None,
-                                     decode_images=True, **cfg.get("loader_kwargs", {}))
+                                     decode_images=True, resize=tuple(cfg["resize"]) if cfg.get("resize") else None,
+                                     **cfg.get("loader_kwargs", {}))
         made.append(ds)
         return iter(ds)
 
@@ -255,10 +262,19 @@ def build_tfdata(cfg: dict):
         window["action"] = tf.gather(steps["action"], tf.minimum(action_indices, n - 1))
         return window
 
+    resize = cfg.get("resize")
+
+    def decode_and_resize(data):  # Octo's obs_transforms.decode_and_resize + dlimp's resize_image
+        image = tf.io.decode_jpeg(data, channels=3)
+        if resize:
+            image = tf.image.resize(image, resize, method="lanczos3", antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return image
+
     def decode(window):
         imgs = window["observation"]["images"]
         window["observation"]["images"] = {
-            c: tf.stack([tf.io.decode_jpeg(imgs[c][i], channels=3) for i in range(hist)]) for c in CAMERAS}
+            c: tf.stack([decode_and_resize(imgs[c][i]) for i in range(hist)]) for c in CAMERAS}
         return window
 
     ds = ds.map(chunk, num_parallel_calls=AUTOTUNE)

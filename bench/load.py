@@ -33,12 +33,18 @@ sample) and ``action_horizon=8`` actions, padded at episode edges; batches of 64
    ``--rss-every`` batches until ``--rss-samples`` samples (200k) with its best setting: start,
    after warm-up, end, max, and the trend after warm-up. Must not grow.
 
+With ``--resize HxW`` both resize every frame, as Octo/OpenVLA training does (Octo's
+``decode_and_resize``: full decode, then ``tf.image.resize(method="lanczos3", antialias=True)``;
+rldskit: ``resize=(h, w)``, PIL's JPEG draft mode, which decodes at a reduced DCT scale, then
+bilinear); the floor is skipped then.
+
 The page cache is warm for every contender (the parent reads every dataset file before timing).
 The CPU used by other processes during the timed intervals is printed: above ~10% the machine was
 busy and the figures are noisy. Data are cached under ``bench_out/load_data`` and regenerated when
 the parameters change; logs go to ``bench_out/load_scratch``.
 
-    .venv/bin/python bench/load.py                 # full size (first run synthesises for ~15 min)
+    .venv/bin/python bench/load.py                 # full size (first run synthesises and converts for ~5 min)
+    .venv/bin/python bench/load.py --resize 224x224 --skip-rss   # with a resize, as Octo/OpenVLA train
     .venv/bin/python bench/load.py --episodes 10 --steps 100 --frame 240x320 --repeats 1 --intervals 3 \
         --rss-samples 20000 --data bench_out/load_data_small      # quick
 """
@@ -188,7 +194,7 @@ def main() -> int:
     ap.add_argument("--history", type=int, default=2)
     ap.add_argument("--action-horizon", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2, help="fresh-process runs of every contender, in rotation")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh-process runs of every contender, in rotation")
     ap.add_argument("--warmup", type=int, default=20, help="batches after the first before timing")
     ap.add_argument("--intervals", type=int, default=8, help="timed intervals per run")
     ap.add_argument("--interval-batches", type=int, default=15, help="batches per timed interval")
@@ -199,6 +205,8 @@ def main() -> int:
     ap.add_argument("--rldskit-config", action="append", metavar="JSON",
                     help="extra keyword arguments of rldskit.loaders.windows for one contender; repeatable "
                          f"(default: {' and '.join(DEFAULT_CONFIGS)})")
+    ap.add_argument("--resize", metavar="HxW", help="resize every frame (rldskit: resize=(h, w), JPEG draft mode + "
+                    "bilinear; tf.data: Octo's decode_and_resize, lanczos3 with antialias); skips the floor")
     ap.add_argument("--skip-tfdata", action="store_true")
     ap.add_argument("--skip-floor", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
@@ -211,9 +219,12 @@ def main() -> int:
     version_dir = make_dataset(data, args.episodes, args.steps, h, w)
     n_files, n_bytes = warm(version_dir)
     configs = [json.loads(c) for c in (args.rldskit_config or DEFAULT_CONFIGS)]
+    resize = [int(x) for x in args.resize.lower().split("x")] if args.resize else None
     common = {"dataset": str(version_dir), "history": args.history, "action_horizon": args.action_horizon,
               "batch_size": args.batch_size, "warmup": args.warmup, "intervals": args.intervals,
-              "interval_batches": args.interval_batches}
+              "interval_batches": args.interval_batches, "resize": resize}
+    if resize:
+        args.skip_floor = True  # the floor is defined for full-size decoding
     contenders: dict[str, tuple[str, dict]] = {}
     if not args.skip_floor:
         contenders["floor"] = ("floor", {**common, "floor_samples": args.floor_samples, "threads": 2,
@@ -227,7 +238,8 @@ def main() -> int:
           f"cameras (so100_arm.v1, wrist camera required), TFRecord + ArrayRecord + step index, {n_files} files, "
           f"{n_bytes / 1e6:.0f} MB (page cache warmed); {os.cpu_count()} cores", flush=True)
     print(f"windows: history={args.history} observations (both cameras decoded: {2 * args.history} JPEG decodes per "
-          f"sample), action_horizon={args.action_horizon}, batch {args.batch_size}, shuffled; per run: first batch, "
+          f"sample{f', resized to {resize[0]}x{resize[1]}' if resize else ''}), action_horizon={args.action_horizon}, "
+          f"batch {args.batch_size}, shuffled; per run: first batch, "
           f"{args.warmup} warm-up batches, {args.intervals} x {args.interval_batches} timed batches", flush=True)
 
     results: dict[str, list[dict]] = {k: [] for k in contenders}
