@@ -199,9 +199,12 @@ def warm(data: Path) -> tuple[int, int]:
     n = size = 0
     for root, _dirs, files in os.walk(data):
         for f in files:
-            if not f.startswith("."):
-                size += len(Path(root, f).read_bytes())
-                n += 1
+            if f.startswith("."):
+                continue
+            with open(os.path.join(root, f), "rb") as fh:  # chunked: shards can be GBs
+                while chunk := fh.read(16 << 20):
+                    size += len(chunk)
+            n += 1
     return n, size
 
 

@@ -64,6 +64,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from convert import child_env, warm  # noqa: E402  (bench/convert.py: same page-cache warming and child env)
 NAME = "bench_load"
 DEFAULT_CONFIGS = ('{"worker_count": 0}', '{"worker_count": 0, "num_threads": 1}', '{"worker_count": 0, "num_threads": 4}',
                    '{"worker_count": 2}', '{"worker_count": 2, "num_threads": 2}')
@@ -99,26 +101,7 @@ def make_dataset(data: Path, episodes: int, steps: int, h: int, w: int) -> Path:
     return version_dir
 
 
-def warm(path: Path) -> tuple[int, int]:
-    """Read every file under ``path`` once (page cache warm for every contender)."""
-    n = size = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                while chunk := fh.read(16 << 20):
-                    size += len(chunk)
-            n += 1
-    return n, size
-
-
 # --------------------------------------------------------------------------- running
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
 
 
 def run_child(kind: str, cfg: dict, log: Path, timeout: float) -> tuple[dict | None, str | None]:
