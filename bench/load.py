@@ -25,9 +25,10 @@ sample) and ``action_horizon=8`` actions, padded at episode edges; batches of 64
    frames of each of ``--floor-samples`` samples of its seed-0 order, read from the step records
    and held in memory) decoded into numpy arrays in a tight loop by 2 threads (and, in case threads
    do not scale, by 2 forked processes), no pipeline, no batching, with every decoder in the venv
-   (Pillow 12 on libjpeg-turbo, and ``tf.io.decode_jpeg``; simplejpeg, PyTurboJPEG and OpenCV are
-   not installed, and the output says so). The floor is the fastest of them; floor samples/s =
-   frames/s / 4. Target: rldskit >= 80% of it.
+   (Pillow 12, ``tf.io.decode_jpeg``, and simplejpeg, both into a new array and into one reused
+   array per thread, which allocates nothing and is the fastest; all three are libjpeg-turbo;
+   PyTurboJPEG and OpenCV are not installed, and the output says so). The floor is the fastest of
+   them; floor samples/s = frames/s / 4. Target: rldskit >= 80% of it.
 3. **Time to first batch** for both (from the call that builds the loader; imports excluded, shown
    separately), and **RSS** of rldskit's process tree (workers included) sampled every
    ``--rss-every`` batches until ``--rss-samples`` samples (200k) with its best setting: start,
@@ -67,7 +68,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from convert import child_env, warm  # noqa: E402  (bench/convert.py: same page-cache warming and child env)
 NAME = "bench_load"
-DEFAULT_CONFIGS = ('{"worker_count": 0}', '{"worker_count": 0, "num_threads": 1}', '{"worker_count": 0, "num_threads": 4}',
+DEFAULT_CONFIGS = ('{"worker_count": 0}', '{"worker_count": 0, "reuse_buffers": false}', '{"worker_count": 0, "num_threads": 1}', '{"worker_count": 0, "num_threads": 4}',
                    '{"worker_count": 2}', '{"worker_count": 2, "num_threads": 2}')
 
 
@@ -297,7 +298,8 @@ def main() -> int:
               f"decoded from memory in a tight loop, no pipeline; JPEG decoders {decoders_installed()}")
         names = {"pil": "Pillow np.asarray(Image.open(..))", "pil_load": "Pillow Image.open(..).load() (no array)",
                  "pilproc": "Pillow np.asarray(Image.open(..)), processes", "tf": "tf.io.decode_jpeg(..).numpy() eager",
-                 "tfgraph": "tf.function of 32 tf.io.decode_jpeg, TF's threads"}
+                 "tfgraph": "tf.function of 32 tf.io.decode_jpeg, TF's threads",
+                 "sj": "simplejpeg.decode_jpeg(..) (new array)", "sj_buffer": "simplejpeg.decode_jpeg(.., buffer=reused)"}
         for name, rs in merged.items():
             dec, threads = name.split(" x")
             unit = {"pilproc": "processes", "tfgraph": "cores"}.get(dec, "threads" if threads != "1" else "thread")
@@ -305,7 +307,8 @@ def main() -> int:
                   f"frames/s = {statistics.median(rs) / (2 * args.history):7.1f} samples/s")
         best = max((n for n in merged if not n.startswith("pil_load")), key=lambda n: statistics.median(merged[n]))
         floor_rate = statistics.median(merged[best]) / (2 * args.history)
-        pil_best = max((n for n in merged if n.startswith("pil") and not n.startswith("pil_load")),
+        own = "sj_buffer" if any(n.startswith("sj_buffer") for n in merged) else "pil"  # the decoder rldskit uses
+        pil_best = max((n for n in merged if n.split(" x")[0] in (own, "pilproc" if own == "pil" else own)),
                        key=lambda n: statistics.median(merged[n]))
         pil_floor = statistics.median(merged[pil_best]) / (2 * args.history)
         dec, threads = best.split(" x")
@@ -329,8 +332,8 @@ def main() -> int:
         print(f"RATIO rldskit/floor samples/s = {ratio:.2f} ({rate[best_rk]:.1f} vs {floor_rate:.1f}; target >= 0.80): "
               f"{'PASS' if ratio >= 0.8 else 'FAIL'}")
     if best_rk and pil_floor:
-        print(f"RATIO rldskit/Pillow floor samples/s = {rate[best_rk] / pil_floor:.2f} ({rate[best_rk]:.1f} vs "
-              f"{pil_floor:.1f}: the floor of the decoder rldskit uses, Pillow to numpy; for information)")
+        print(f"RATIO rldskit/own-decoder floor samples/s = {rate[best_rk] / pil_floor:.2f} ({rate[best_rk]:.1f} vs "
+              f"{pil_floor:.1f}: the floor of the decoder rldskit uses, {own}; for information)")
     if floor_rate and tf_key in rate:
         print(f"RATIO tf.data/floor samples/s = {rate[tf_key] / floor_rate:.2f} (how close the baseline runs to the "
               f"decode floor: rldskit/tf.data > 1 needs rldskit/floor > {rate[tf_key] / floor_rate:.2f})")

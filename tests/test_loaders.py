@@ -26,6 +26,7 @@ from rldskit.formats.tfexample import ExampleDecodeError  # noqa: E402
 from rldskit.pipeline import convert  # noqa: E402
 from rldskit.spec import load_spec  # noqa: E402
 from rldskit.synth import write_synthetic  # noqa: E402
+from shared_fixtures import BRIDGE  # noqa: E402
 
 L = pytest.importorskip("rldskit.loaders")
 
@@ -73,8 +74,15 @@ class Reference:
     def __init__(self, path: Path):
         self.ds = rldskit.open(path)
         index = L.StepIndex.load(path)
-        by_id = {ep.episode_id: ep for ep in self.ds.episodes("train")}
-        self.episodes = [by_id[str(i)] for i in index.episodes["episode_id"]]
+        # by position (shard, record), not by id: Open-X episode ids need not be unique
+        shard_of = {p: i for i, p in enumerate(self.ds.shards("train", index.file_formats[0]))}
+        by_place = {}
+        for i, ep in enumerate(self.ds.episodes("train")):
+            by_place[i] = ep
+        starts = np.cumsum([0] + list(self.ds.shard_lengths["train"]))
+        self.episodes = [by_place[int(starts[shard_of[index.path / sh]] + r)]
+                         for sh, r in zip(index.episodes["shard"], index.episodes["shard_record"])]
+        assert [ep.episode_id for ep in self.episodes] == [str(i) for i in index.episodes["episode_id"]]
         self.spec = self.ds.spec
         self.where = [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep))]
 
@@ -446,6 +454,52 @@ def test_episode_source_over_ours_and_an_open_x_style_folder(donkey, donkey_ref,
     np.testing.assert_array_equal(ep.steps["action"], eps[1].steps["action"])
 
 
+def test_episode_source_agrees_with_tfds_data_sources(donkey):
+    """TFDS's own random-access reader (``as_data_source``, ArrayRecord + its numpy decoders) and
+    EpisodeSource see the same episodes in the same order, pixel for pixel."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    theirs = tfds.builder_from_directory(str(donkey)).as_data_source(split="train")
+    ours = L.EpisodeSource(donkey)
+    assert len(theirs) == len(ours) == 6
+    for i in range(len(ours)):
+        ep, ex = ours[i], theirs[i]
+        assert len(ex["steps"]) == len(ep)
+        assert ex["episode_metadata"]["episode_id"].decode() == ep.episode_id
+        for t in range(len(ep)):
+            step = ex["steps"][t]
+            np.testing.assert_array_equal(step["action"], ep.steps["action"][t])
+            assert bool(step["is_first"]) == bool(ep.steps["is_first"][t])
+            assert bool(step["is_last"]) == bool(ep.steps["is_last"][t])
+            np.testing.assert_array_equal(step["observation"]["image"],
+                                          L.decode_image(ep.steps["observation/image"][t]))
+
+
+@pytest.mark.skipif(not BRIDGE.is_dir(), reason="shared Open-X fixture not present")
+def test_open_x_bridge_windows_after_conversion(tmp_path):
+    """Open-X data (Octo's bridge subset) -> rldskit convert -> windows: each window equals the
+    one built from the source episodes read by ``rldskit.open``."""
+    from rldskit.validation import Gates
+
+    res = convert([BRIDGE], tmp_path / "data", name="bridge", runner="inline", last_step="valid",
+                  formats=("array_record",), gates=Gates(severity={"FLAG_IS_LAST": "warning"}))
+    ref = Reference(res.path)
+    image = "observation/image_0"
+    assert image in ref.spec.image_paths
+    ld = L.windows(res.path, history=2, action_horizon=4, batch_size=16, seed=0, num_epochs=1,
+                   observation_keys=[image, "observation/state"], goal="last")
+    n = 0
+    for batch in ld:
+        for i, g in enumerate(batch["index"]):
+            want = ref.window(int(g), 2, 4, [image, "observation/state"])
+            for k in (image, "observation/state", "action", "observation_is_pad", "action_is_pad"):
+                np.testing.assert_array_equal(batch[k][i], want[k], err_msg=k)
+            e, _ = ref.where[int(g)]
+            last = ref.episodes[e].steps[image][-1]
+            np.testing.assert_array_equal(batch["goal/" + image][i], L.decode_image(last))
+            n += 1
+    assert ld.num_samples == 250 and n == 16 * (250 // 16)  # the train split: 25 episodes of 10 steps
+
+
 # =========================================================================== errors
 
 
@@ -528,3 +582,76 @@ def test_rldskit_loaders_is_lazy():
             "rldskit.loaders.windows; assert 'grain' in sys.modules; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+# =========================================================================== goals and checkpoints
+
+
+@pytest.mark.parametrize("goal", ["last", "uniform"])
+def test_goals_come_from_the_same_episode_at_or_after_t(donkey, donkey_ref, goal):
+    ld = L.windows(donkey, history=2, action_horizon=2, batch_size=5, seed=3, num_epochs=3, goal=goal,
+                   drop_remainder=False)
+    samples = _samples(ld)
+    assert len(samples) == 3 * len(donkey_ref.where)
+    goals: dict[int, set[int]] = {}
+    for s in samples:
+        e, t = donkey_ref.where[int(s["index"])]
+        ep = donkey_ref.episodes[e]
+        gt = int(s["goal_frame_index"])
+        assert (gt == len(ep) - 1) if goal == "last" else (t <= gt < len(ep))
+        np.testing.assert_array_equal(s["goal/observation/image"], donkey_ref.image(ep.steps["observation/image"][gt]))
+        goals.setdefault(int(s["index"]), set()).add(gt)
+    if goal == "uniform":  # new draws each epoch, spread over the rest of the episode
+        assert any(len(v) > 1 for v in goals.values())
+        firsts = [g for g, (e, t) in enumerate(donkey_ref.where) if t == 0 and len(donkey_ref.episodes[e]) == 12]
+        assert len(set().union(*(goals[g] for g in firsts))) > 4
+
+
+def test_goal_keys_and_bad_goal_options(donkey, donkey_ref):
+    ld = L.windows(donkey, batch_size=4, goal="last", goal_keys=["observation/image", "action"], seed=1)
+    b = next(iter(ld))
+    for i, g in enumerate(b["index"]):
+        e, _ = donkey_ref.where[int(g)]
+        ep = donkey_ref.episodes[e]
+        np.testing.assert_array_equal(b["goal/action"][i], ep.steps["action"][-1])
+    assert b["goal/observation/image"].shape == (4, *CAM)
+    with pytest.raises(ValueError, match="goal must be one of"):
+        L.windows(donkey, goal="random")
+    with pytest.raises(ValueError, match="need goal"):
+        L.windows(donkey, goal_keys=["action"])
+    with pytest.raises(KeyError, match="no step feature"):
+        L.windows(donkey, goal="last", goal_keys=["observation/nope"])
+
+
+def test_uniform_goals_resume_exactly(donkey):
+    kw = dict(history=2, action_horizon=3, batch_size=4, seed=9, num_epochs=2, goal="uniform", decode_images=False)
+    full = [b["goal_frame_index"].tolist() for b in L.windows(donkey, **kw)]
+    first = L.windows(donkey, **kw)
+    head = [b["goal_frame_index"].tolist() for _, b in zip(range(7), first)]
+    resumed = L.windows(donkey, **kw)
+    resumed.set_state(first.get_state())
+    assert head + [b["goal_frame_index"].tolist() for b in resumed] == full
+    assert full != [b["goal_frame_index"].tolist() for b in L.windows(donkey, **dict(kw, seed=10))]
+
+
+def test_orbax_checkpoint_manager_saves_and_restores_the_loader(donkey, tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    import grain
+
+    kw = dict(batch_size=3, seed=4, num_epochs=2, decode_images=False)
+    full = [b["index"].tolist() for b in L.steps(donkey, **kw)]
+    ld = L.steps(donkey, **kw)
+    head = [b["index"].tolist() for _, b in zip(range(4), ld)]
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("loader",)) as mngr:
+        mngr.save(4, args=ocp.args.Composite(loader=grain.checkpoint.CheckpointSave(ld)))
+        mngr.wait_until_finished()
+    saved = tmp_path / "ckpt" / "4" / "loader" / "process_0-of-1.json"
+    assert json.loads(saved.read_text())["next_batch"] == 4
+    fresh = L.steps(donkey, **kw)
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("loader",)) as mngr:
+        mngr.restore(4, args=ocp.args.Composite(loader=grain.checkpoint.CheckpointRestore(fresh)))
+    assert head + [b["index"].tolist() for b in fresh] == full
+    wrong = L.steps(donkey, **dict(kw, seed=5))
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("loader",)) as mngr:
+        with pytest.raises(ValueError, match="another order"):
+            mngr.restore(4, args=ocp.args.Composite(loader=grain.checkpoint.CheckpointRestore(wrong)))

@@ -4,7 +4,9 @@
 first used (they live in :mod:`rldskit.loaders.grain`).
 
 * :func:`windows`: batches of observation histories and action chunks, padded and masked at
-  episode edges (:class:`Loader`: iterable, ``len``, ``get_state``/``set_state``).
+  episode edges, optional goals (``goal="last"|"uniform"``) and language (:class:`Loader`: a
+  Grain ``DatasetIterator`` with ``len``, ``get_state``/``set_state``, checkpointable with
+  Grain's Orbax handler).
 * :func:`steps`: batches (or single) steps, same options.
 * :class:`StepIndex`: ``episodes.parquet`` in RAM (per-episode bounds and low-dimensional columns).
 * :class:`StepSource`, :class:`EpisodeSource`: Grain random-access data sources over the
@@ -21,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = ("windows", "steps", "Loader", "StepIndex", "StepSource", "EpisodeSource", "EpisodeRow", "WindowMaker",
+_EXPORTS = ("windows", "steps", "GOALS", "Loader", "StepIndex", "StepSource", "EpisodeSource", "EpisodeRow", "WindowMaker",
             "Normalizer", "compute_stats", "load_stats", "decode_image", "parse_split", "StepReadError",
             "StepRecordCorruption", "StepDecodeError", "STATS_FILE")
 
