@@ -10,7 +10,8 @@
 5. read it back with TFDS itself (``builder_from_directory``: ``as_dataset`` and
    ``as_data_source``) and with ``rldskit.open``;
 6. train-side loading: a few batches of windows (2 observations of history, 8-step action
-   chunks, padded and masked at episode edges, images decoded, actions normalised) through the
+   chunks, padded and masked at episode edges, images decoded, actions normalised, a goal frame
+   drawn from the rest of the episode) through the
    Grain loader and its torch adapter, and a resumed iterator matching the uninterrupted one.
 """
 
@@ -102,7 +103,8 @@ def _load_windows(dataset: Path) -> bool:
     from rldskit.loaders.torch import TorchLoader
 
     _banner("6. load windows for training (Grain; torch adapter; exact resume)")
-    kw = dict(history=2, action_horizon=8, batch_size=64, seed=0, shuffle=True, num_epochs=1, normalize="stats")
+    kw = dict(history=2, action_horizon=8, batch_size=64, seed=0, shuffle=True, num_epochs=1, normalize="stats",
+              goal="uniform")
     t0 = time.perf_counter()
     loader = windows(dataset, **kw)
     first = next(iter(loader))

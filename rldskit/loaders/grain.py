@@ -1066,23 +1066,24 @@ def _shuffle_seed(seed: int) -> int:
 
 
 def _default_read_options(worker_count: int, reads_records: bool) -> grain.ReadOptions:
-    """Threads and buffer per process, from measurements on 2 cores (windows ``H=2, K=8``, batch 64,
-    steady state, other load absent):
+    """Threads and buffer per process, from measurements on 2 cores (``bench/load.py``: windows
+    ``H=2, K=8``, batch 64, two 480x640 JPEG cameras, 20k steps, steady state, medians of 24
+    intervals; simplejpeg decoding into recycled batch buffers):
 
-    ============================================  ======  ======  ======  ======  ===========
-    windows/s                                     0 thr   1 thr   2 thr   4 thr   2 workers
-    ============================================  ======  ======  ======  ======  ===========
-    20k steps, 2 JPEG cameras 480x640               330     308     571     551     431
-    3k steps, 2 JPEG cameras 240x320               1057    1121    1685       -    1456
-    low-dimensional only (no record reads)        24973       -   22382       -       -
-    ============================================  ======  ======  ======  ======  ===========
+    ===========================================  ======  ======  ======  ===========  ===========
+    windows/s                                    1 thr   2 thr   4 thr   2 workers    tf.data
+    ===========================================  ======  ======  ======  ===========  ===========
+    recycled buffers (the default)                 502     926     925     619          831
+    ``reuse_buffers=False``                          -     846       -       -            -
+    ===========================================  ======  ======  ======  ===========  ===========
 
-    Grain's default (16 threads, a 500-element buffer) measured no faster than 2 threads (569 with
-    its buffer cut to 16) and, since our elements are whole batches (236 MB each in the first row),
-    its buffer would hold hundreds of them. PIL releases the GIL while decoding, so 2 threads use
-    both cores; worker processes lose to threads here because every batch crosses to the main
-    process through shared memory. The buffer size mattered little (2, 3, 4, 8 batches: 544-556), so
-    it is ``threads + 1``. Without record reads everything is numpy indexing in RAM: no threads.
+    The decode floor (simplejpeg, two threads, no pipeline) is 1030 windows/s, so 2 threads run at
+    90% of it on 1.93 cores. Grain's default (16 threads, a 500-element buffer) measured no faster
+    than 2 threads with Pillow, and since our elements are whole batches (236 MB each here) its
+    buffer would hold hundreds of them. simplejpeg and Pillow release the GIL while decoding, so 2
+    threads use both cores; worker processes lose to threads because every batch crosses to the
+    main process through shared memory. The buffer size mattered little (2-8 batches within 2%),
+    so it is ``threads + 1``. Without record reads everything is numpy indexing in RAM: no threads.
     Each worker process (``worker_count > 0``) runs one thread."""
     if not reads_records:
         return grain.ReadOptions(num_threads=0, prefetch_buffer_size=1)
