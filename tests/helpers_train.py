@@ -1,0 +1,59 @@
+"""A dataset a policy can learn: ``pi5_donkey.v1`` episodes whose action is a known function of
+the current frame, for the trainers' learning tests and benchmark.
+
+Each frame shows a bright vertical bar on a dark, noisy background; the bar's column ``x`` (0..1)
+drifts smoothly through the episode and its brightness ``b`` (0..1) too. The action is
+``steering = 2 x - 1`` and ``throttle = b - 0.5`` exactly, so the whole action chunk is a function
+of the frames the chunk covers; from the current frame alone the first action is exact and later
+ones are predictable from the drift. An untrained policy's error is the spread of the actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rldskit.capture import EpisodeLogger
+from rldskit.pipeline import convert
+from rldskit.spec import load_spec
+
+
+def bar_frame(h: int, w: int, x: float, b: float, rng: np.random.Generator) -> np.ndarray:
+    img = rng.integers(0, 40, (h, w, 3)).astype(np.uint8)
+    col = int(round(x * (w - 1)))
+    lo, hi = max(0, col - max(1, w // 16)), min(w, col + max(1, w // 16) + 1)
+    img[:, lo:hi, :] = np.uint8(80 + 175 * b)
+    return img
+
+
+def bar_action(x: float, b: float) -> np.ndarray:
+    return np.array([2 * x - 1, b - 0.5], dtype=np.float32)
+
+
+def write_bar_episodes(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 3), seed: int = 0) -> Path:
+    """Capture folders under ``root/cap``; returns that folder."""
+    spec = load_spec("pi5_donkey.v1").with_image_shape("observation/image", tuple(shape))
+    rng = np.random.default_rng(seed)
+    logger = EpisodeLogger(root / "cap", spec, durability="none")
+    h, w, _ = shape
+    for n in range(episodes):
+        x, b = rng.uniform(0.1, 0.9), rng.uniform(0.2, 1.0)
+        vx, vb = rng.normal(0, 0.02), rng.normal(0, 0.015)
+        t = 1.7e9 + 1000 * n
+        logger.clock = lambda: t
+        logger.start_episode(environment_id="bar_world", control_role="user", tags=["origin:synthetic"],
+                             episode_id=f"bar_{seed}_{n:04d}")
+        for i in range(steps):
+            logger.log_step({"image": bar_frame(h, w, x, b, rng)}, bar_action(x, b),
+                            timestamps={"control": t + i * 0.05, "camera": t + i * 0.05 - 0.002},
+                            extras={"control_mode": "user", "policy_action": None})
+            x = float(np.clip(x + vx, 0.0, 1.0))
+            b = float(np.clip(b + vb, 0.0, 1.0))
+        logger.end_episode(terminal=False)
+    return root / "cap"
+
+
+def bar_dataset(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 3), seed: int = 0) -> Path:
+    """The converted dataset version folder (step-major layout, ArrayRecord)."""
+    cap = write_bar_episodes(root, episodes, steps, shape, seed)
+    return convert([cap], root / "data", name="bars", runner="inline", formats=("array_record",)).path

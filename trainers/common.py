@@ -1,0 +1,743 @@
+"""What both slim trainers share: config and presets, data, the policy export format, checkpoints,
+mirrors, preemption, metrics and the trainer selector. numpy only at import time; JAX and torch live
+in ``trainers/jax_bc.py`` and ``trainers/torch_lora.py``.
+
+**The policy** (one architecture, ``conv_mlp`` v1, implemented identically by the JAX trainer, the
+torch trainer and ``edge_runtime``). Inputs: for each camera ``c`` in ``cameras`` and each history
+frame ``h`` (oldest first) a ``uint8 (image_size[0], image_size[1], channels)`` frame, and the
+normalised state ``float32 (history * state_dim,)`` (the ``state_keys`` concatenated per frame,
+oldest first). Forward:
+
+1. ``x = frame / 255`` (float32); per camera its own encoder: for each conv layer ``i``: a 2-D
+   convolution with kernel ``encoder.<c>.conv<i>.kernel`` ``(k, k, in, out)`` (HWIO), stride
+   ``stride``, TensorFlow ``SAME`` padding (total ``max((ceil(n/s)-1)*s + k - n, 0)``, the smaller
+   half before), plus ``encoder.<c>.conv<i>.bias``, then ReLU; then the last feature map
+   ``(h', w', conv[-1])`` is flattened in row-major HWC order (torch, which computes NCHW, permutes
+   to NHWC first) -> ``(h' * w' * conv[-1],)``: flattening keeps *where* things are in the frame,
+   which steering needs (a mean over the frame would throw it away). The same encoder serves
+   every history frame of its camera.
+2. ``z = concat([enc_c(frame_{c,h}) for c in cameras for h in history] + [state])``.
+3. For each MLP layer ``i``: ``z = relu(z @ mlp.<i>.kernel + mlp.<i>.bias)`` (kernels ``(in, out)``).
+4. ``y = z @ head.kernel + head.bias`` reshaped to ``(action_horizon, action_dim)``: the
+   *normalised* action chunk; ``action = y * scale + shift`` from ``policy.json``'s
+   ``normalization`` (``action``'s ``shift``/``scale``).
+
+**The export** (``write_export``/``read_export``): a folder with ``model.safetensors`` (float32,
+names above) and ``policy.json``::
+
+    {"format": "rldskit-policy", "format_version": 1, "architecture": {...ARCHITECTURE...},
+     "inputs": {"cameras": {path: {"shape": [h, w, c], "source_shape": [H, W, C], "resize": "area"}},
+                "state": {path: {"shape": [...], "names": [...], "unit": ...}}},
+     "outputs": {"action": {"shape": [K, A], "names": [...], "bounds": [[lo, hi], ...], "unit": ...}},
+     "normalization": {"mode": "mean_std", "features": {path: {"shift": [...], "scale": [...]}}},
+     "dataset": {"name", "version", "spec_id", "path"}, "trainer": {"framework", "config", "step"},
+     "evidence": {...}}
+
+Frames are brought to ``image_size`` from the camera's resolution by area averaging when the
+factor is a whole number (the loader decodes JPEGs at a DCT scale, which is area averaging within
+rounding) and bilinear otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TrainConfig", "PRESETS", "load_config", "config_to_dict", "PolicyIO", "policy_io", "make_loader",
+           "batch_arrays", "architecture", "policy_document", "conv_out_size", "same_padding", "encoder_out_dim", "write_export", "read_export", "EXPORT_WEIGHTS", "EXPORT_POLICY",
+           "Checkpoints", "Mirror", "LocalMirror", "HubMirror", "open_mirror", "PreemptionGuard", "MetricsWriter",
+           "select_trainer", "atomic_write_bytes", "atomic_write_json", "ConfigError"]
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_POLICY = "policy.json"
+FORMAT = "rldskit-policy"
+FORMAT_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config file or option is malformed; the message names the file and the key."""
+
+
+# =========================================================================== config
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; JSON-loadable (``load_config``). Sizes in pixels/steps."""
+
+    data: str = ""                                 # dataset version folder (rldskit convert output)
+    out: str = "runs/run"                          # run folder: checkpoints/, metrics.*, export/
+    preset: str = "dev"
+    seed: int = 0
+    # data
+    history: int = 1                               # observation frames per sample
+    action_horizon: int = 8                        # predicted action chunk length K
+    image_size: tuple[int, int] = (24, 32)         # (h, w) the policy sees
+    batch_size: int = 16
+    train_split: str = "train[:90%]"
+    eval_split: str = "train[90%:]"                # held-out episodes (promotion gate, learning tests)
+    num_threads: int | None = None                 # loader threads (None: its measured default)
+    # model (conv_mlp v1)
+    conv_features: tuple[int, ...] = (8, 16)
+    conv_kernel: int = 3
+    conv_stride: int = 2
+    mlp_features: tuple[int, ...] = (64,)
+    # optimisation
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    max_steps: int = 200
+    grad_clip: float = 1.0
+    precision: str = "float32"                     # "float32" or "bfloat16" (compute; params stay float32)
+    # LoRA (torch trainer)
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    # budgets, logging, checkpoints
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    max_wall_seconds: float | None = None
+    max_memory_mb: float | None = None
+    mirror: str | None = None                      # a local folder, or hf://<user>/<repo> (Hugging Face model repo)
+
+    def validate(self, source: str = "config") -> TrainConfig:
+        if self.history < 1 or self.action_horizon < 1:
+            raise ConfigError(f"{source}: history and action_horizon must be >= 1")
+        if len(self.image_size) != 2 or min(self.image_size) < 4:
+            raise ConfigError(f"{source}: image_size must be [h, w] with h, w >= 4, got {list(self.image_size)}")
+        if self.batch_size < 1 or self.max_steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError(f"{source}: batch_size, checkpoint_every and log_every must be >= 1, max_steps >= 0")
+        if not self.conv_features or self.conv_kernel < 1 or self.conv_stride < 1:
+            raise ConfigError(f"{source}: conv_features must be non-empty; conv_kernel, conv_stride >= 1")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ConfigError(f"{source}: precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+        if self.learning_rate <= 0 or self.grad_clip <= 0:
+            raise ConfigError(f"{source}: learning_rate and grad_clip must be > 0")
+        return self
+
+
+#: preset -> overrides of the dataclass defaults. ``dev``: seconds on a laptop; ``pi5``: what fits
+#: a Raspberry Pi 5 (and runs under 1 ms per step on it in numpy); ``tpu``: a real accelerator run.
+PRESETS: dict[str, dict[str, Any]] = {
+    "dev": {},
+    "pi5": {"image_size": (60, 80), "conv_features": (16, 32, 32), "mlp_features": (128, 128), "batch_size": 32,
+            "max_steps": 2000, "warmup_steps": 100, "checkpoint_every": 250},
+    "tpu": {"image_size": (120, 160), "conv_features": (32, 64, 128, 128), "mlp_features": (512, 512),
+            "batch_size": 256, "max_steps": 50000, "warmup_steps": 1000, "checkpoint_every": 1000,
+            "precision": "bfloat16", "history": 2},
+}
+
+_TUPLES = {"image_size", "conv_features", "mlp_features"}
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def load_config(path: str | os.PathLike | None = None, preset: str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- ``PRESETS[preset]`` (the file's ``preset`` when ``preset`` is None) <- the JSON
+    file at ``path`` <- ``overrides`` (``None`` values ignored). Unknown keys and wrong types raise
+    :class:`ConfigError` naming the file and the key."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    from_file: dict[str, Any] = {}
+    source = str(path) if path else "config"
+    if path is not None:
+        try:
+            from_file = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not a readable JSON config: {e}") from None
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config keys")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    name = preset or overrides.get("preset") or from_file.get("preset") or "dev"
+    if name not in PRESETS:
+        raise ConfigError(f"{source}: unknown preset {name!r}; presets are {', '.join(PRESETS)}")
+    values: dict[str, Any] = {"preset": name, **PRESETS[name]}
+    for where, layer in ((source, from_file), ("overrides", overrides)):
+        for k, v in layer.items():
+            if k not in fields:
+                raise ConfigError(f"{where}: unknown config key {k!r}; known keys: {', '.join(fields)}")
+            values[k] = _coerce(k, v, fields[k], where)
+    values["preset"] = name
+    return TrainConfig(**values).validate(source)
+
+
+def _coerce(key: str, v: Any, field: dataclasses.Field, where: str) -> Any:
+    default = field.default
+    if key in _TUPLES:
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise ConfigError(f"{where}: {key} must be a list of integers, got {v!r}")
+        return tuple(v)
+    if v is None:
+        if default is not None and key not in ("num_threads", "max_wall_seconds", "max_memory_mb", "mirror"):
+            raise ConfigError(f"{where}: {key} cannot be null")
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(v, bool)
+    elif isinstance(default, int) and key != "num_threads":
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif isinstance(default, float) or key in ("max_wall_seconds", "max_memory_mb"):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        v = float(v) if ok else v
+    elif isinstance(default, str) or key == "mirror":
+        ok = isinstance(v, str)
+    else:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    if not ok:
+        raise ConfigError(f"{where}: {key} has the wrong type ({type(v).__name__}: {v!r}); "
+                          f"expected {type(default).__name__ if default is not None else 'a number'}")
+    return v
+
+
+# =========================================================================== data
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyIO:
+    """What a policy reads and writes, from the dataset's spec: ``cameras`` (image observation
+    paths, with their source shapes), ``state_keys`` (float observation paths of at most 64
+    elements, flattened), ``action_dim``/``action_names``/``action_bounds`` of ``action_key``."""
+
+    cameras: tuple[str, ...]
+    camera_shapes: tuple[tuple[int, int, int], ...]
+    state_keys: tuple[str, ...]
+    state_dims: tuple[int, ...]
+    action_key: str
+    action_dim: int
+    action_names: tuple[str, ...]
+    action_bounds: tuple[tuple[float, float], ...] | None
+    spec_id: str
+
+    @property
+    def state_dim(self) -> int:
+        return int(sum(self.state_dims))
+
+
+def policy_io(spec, action_key: str = "action") -> PolicyIO:
+    """The :class:`PolicyIO` of an :class:`~rldskit.spec.EpisodeSpec`."""
+    from rldskit.spec import Image
+
+    cams, shapes, state, dims = [], [], [], []
+    for path, leaf in spec.step_leaves.items():
+        if not path.startswith("observation/"):
+            continue
+        if isinstance(leaf, Image):
+            cams.append(path)
+            shapes.append(tuple(int(x) for x in leaf.shape))
+        elif getattr(leaf, "dtype", "").startswith("float") and not getattr(leaf, "optional", False):
+            n = int(np.prod(leaf.shape)) if leaf.shape else 1
+            if n <= 64:
+                state.append(path)
+                dims.append(n)
+    if not cams and not state:
+        raise ValueError(f"{spec.id}: no image or float observation to learn from")
+    if action_key not in spec.step_leaves:
+        raise ValueError(f"{spec.id}: no {action_key!r} step feature")
+    leaf = spec.step_leaves[action_key]
+    a = int(np.prod(leaf.shape)) if leaf.shape else 1
+    names = tuple(leaf.names) if getattr(leaf, "names", None) else tuple(f"{action_key}[{i}]" for i in range(a))
+    bounds = None
+    if getattr(leaf, "bounds", None):
+        b = [tuple(map(float, p)) for p in leaf.bounds]
+        bounds = tuple(b * a if len(b) == 1 else b)
+    return PolicyIO(tuple(cams), tuple(shapes), tuple(state), tuple(dims), action_key, a, names, bounds, spec.id)
+
+
+def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = True, num_epochs: int | None = None,
+                seed: int | None = None, batch_size: int | None = None, drop_remainder: bool = True):
+    """The rldskit windows loader a trainer reads: ``history`` frames of every camera (resized to
+    ``image_size``) and state key, ``action_horizon`` actions, mean/std normalised floats (the
+    dataset's ``stats.json`` or its train split's statistics), no debug keys."""
+    from rldskit.loaders import StepIndex, windows
+
+    io = policy_io(StepIndex.load(cfg.data, _base_split(split or cfg.train_split)).spec)
+    return windows(cfg.data, history=cfg.history, action_horizon=cfg.action_horizon,
+                   batch_size=batch_size or cfg.batch_size, seed=cfg.seed if seed is None else seed, shuffle=shuffle,
+                   num_epochs=num_epochs, decode_images=True, resize=tuple(cfg.image_size), normalize="stats",
+                   split=split or cfg.train_split, observation_keys=list(io.cameras) + list(io.state_keys),
+                   action_keys=[io.action_key], extra_keys=[], num_threads=cfg.num_threads, debug_keys=False,
+                   drop_remainder=drop_remainder)
+
+
+def _base_split(split: str) -> str:
+    return split.split("[", 1)[0].strip()
+
+
+def batch_arrays(batch: Mapping[str, np.ndarray], io: PolicyIO) -> dict[str, np.ndarray]:
+    """A loader batch -> the arrays a train step takes: ``images`` ``uint8 (B, n_cam, H, h, w, c)``
+    (cameras in ``io.cameras`` order), ``state`` ``float32 (B, H * state_dim)``, ``actions``
+    ``float32 (B, K, A)`` (normalised) and ``mask`` ``float32 (B, K)`` (1 where the action is real,
+    0 where it pads past the episode's end)."""
+    first = batch[io.action_key]
+    b = first.shape[0]
+    if io.cameras:
+        images = np.stack([batch[c] for c in io.cameras], axis=1)
+    else:
+        images = np.zeros((b, 0, 1, 1, 1, 1), np.uint8)
+    if io.state_keys:
+        state = np.concatenate([batch[k].reshape(b, batch[k].shape[1], -1) for k in io.state_keys], axis=-1)
+        state = state.reshape(b, -1).astype(np.float32, copy=False)
+    else:
+        state = np.zeros((b, 0), np.float32)
+    actions = first.reshape(b, first.shape[1], -1).astype(np.float32, copy=False)
+    mask = (~batch["action_is_pad"]).astype(np.float32)
+    return {"images": images, "state": state, "actions": actions, "mask": mask}
+
+
+# =========================================================================== export
+
+
+def architecture(cfg: TrainConfig, io: PolicyIO) -> dict[str, Any]:
+    """The ``architecture`` block of ``policy.json`` (see the module docstring)."""
+    channels = io.camera_shapes[0][2] if io.cameras else 3
+    return {"type": "conv_mlp", "version": 1, "cameras": list(io.cameras), "image_size": list(cfg.image_size),
+            "channels": int(channels), "history": cfg.history,
+            "conv": [{"features": int(f), "kernel": cfg.conv_kernel, "stride": cfg.conv_stride, "padding": "SAME"}
+                     for f in cfg.conv_features],
+            "activation": "relu", "pool": "flatten_hwc", "encoder_out": encoder_out_dim(cfg),
+            "state_keys": list(io.state_keys), "state_dim": io.state_dim,
+            "mlp": [int(f) for f in cfg.mlp_features], "action_horizon": cfg.action_horizon,
+            "action_dim": io.action_dim}
+
+
+def conv_out_size(n: int, stride: int) -> int:
+    """Output length of a ``SAME`` convolution of input length ``n``: ``ceil(n / stride)``."""
+    return -(-n // stride)
+
+
+def same_padding(n: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow ``SAME`` padding ``(before, after)`` of an input of length ``n``."""
+    total = max((conv_out_size(n, stride) - 1) * stride + kernel - n, 0)
+    return total // 2, total - total // 2
+
+
+def encoder_out_dim(cfg: TrainConfig) -> int:
+    """Length of one frame's flattened encoder output."""
+    h, w = cfg.image_size
+    for _ in cfg.conv_features:
+        h, w = conv_out_size(h, cfg.conv_stride), conv_out_size(w, cfg.conv_stride)
+    return int(h * w * cfg.conv_features[-1])
+
+
+def policy_document(cfg: TrainConfig, io: PolicyIO, normalizer, *, framework: str, step: int,
+                    dataset: Mapping[str, Any], evidence: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``policy.json`` for an export (``normalizer``: the loader's :class:`~rldskit.loaders.Normalizer`)."""
+    norm = normalizer.to_dict() if normalizer is not None else {"mode": None, "features": {}}
+    cams = {c: {"shape": [*cfg.image_size, s[2]], "source_shape": list(s), "resize": "area"}
+            for c, s in zip(io.cameras, io.camera_shapes)}
+    state = {k: {"shape": [d]} for k, d in zip(io.state_keys, io.state_dims)}
+    out = {"action": {"shape": [cfg.action_horizon, io.action_dim], "names": list(io.action_names),
+                      "bounds": [list(b) for b in io.action_bounds] if io.action_bounds else None,
+                      "key": io.action_key}}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": architecture(cfg, io),
+            "inputs": {"cameras": cams, "state": state}, "outputs": out, "normalization": norm,
+            "dataset": dict(dataset), "trainer": {"framework": framework, "step": int(step),
+                                                  "config": config_to_dict(cfg)},
+            "evidence": dict(evidence or {}), "spec_id": io.spec_id}
+
+
+def write_export(out_dir: str | os.PathLike, weights: Mapping[str, np.ndarray], policy: Mapping[str, Any]) -> Path:
+    """Write ``model.safetensors`` (float32) and ``policy.json`` into ``out_dir`` atomically: built
+    in a temporary sibling folder, then renamed over ``out_dir`` (the old export, if any, is
+    replaced whole). Returns the folder."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+        save_file(arrays, str(tmp / EXPORT_WEIGHTS), metadata={"format": FORMAT})
+        atomic_write_json(tmp / EXPORT_POLICY, policy)
+        _fsync_dir(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(weights, policy)`` of an export folder; raises ``ValueError`` naming the file."""
+    from safetensors.numpy import load_file
+
+    p = Path(path)
+    try:
+        policy = json.loads((p / EXPORT_POLICY).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p / EXPORT_POLICY}: not a readable policy file: {e}") from None
+    if policy.get("format") != FORMAT or policy.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{p / EXPORT_POLICY}: not an {FORMAT} v{FORMAT_VERSION} policy")
+    try:
+        weights = load_file(str(p / EXPORT_WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{p / EXPORT_WEIGHTS}: not readable safetensors: {e}") from None
+    return weights, policy
+
+
+# =========================================================================== files
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, rename: never a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside first and removed after."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# =========================================================================== checkpoints
+
+
+class Checkpoints:
+    """``<run>/checkpoints/step_<N:08d>/`` folders, each ``state.safetensors`` (every array of the
+    training state, flat names) and ``meta.json`` (step, loader state, RNG, config, anything
+    JSON), written to a temporary folder and renamed, so a folder that exists is complete. The
+    newest ``keep`` are kept. ``latest()`` is the most advanced complete checkpoint."""
+
+    PREFIX = "step_"
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int = 3):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = max(1, keep)
+
+    def save(self, step: int, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:
+        from safetensors.numpy import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}
+            save_file(flat, str(tmp / "state.safetensors"))
+            atomic_write_json(tmp / "meta.json", {**meta, "step": int(step), "complete": True})
+            _fsync_dir(tmp)
+            dest = self.root / f"{self.PREFIX}{int(step):08d}"
+            _replace_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in self.list()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return dest
+
+    def list(self) -> list[Path]:
+        """Complete checkpoint folders, oldest first."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in self.root.iterdir():
+            if p.name.startswith(self.PREFIX) and (p / "meta.json").is_file() and (p / "state.safetensors").is_file():
+                try:
+                    out.append((int(p.name[len(self.PREFIX):]), p))
+                except ValueError:
+                    continue
+        return [p for _, p in sorted(out)]
+
+    def latest(self) -> Path | None:
+        ckpts = self.list()
+        return ckpts[-1] if ckpts else None
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from safetensors.numpy import load_file
+
+        p = Path(path)
+        try:
+            meta = json.loads((p / "meta.json").read_text())
+            arrays = load_file(str(p / "state.safetensors"))
+        except Exception as e:
+            raise ValueError(f"{p}: not a readable checkpoint: {e}") from None
+        if not meta.get("complete"):
+            raise ValueError(f"{p}: checkpoint is not marked complete")
+        return arrays, meta
+
+    @staticmethod
+    def step_of(path: str | os.PathLike) -> int:
+        return int(json.loads((Path(path) / "meta.json").read_text())["step"])
+
+
+# =========================================================================== mirrors
+
+
+class Mirror:
+    """A remote copy of a run's newest checkpoint, ``checkpoints/last`` on the mirror. ``push``
+    uploads a local checkpoint folder (may run in the background; ``wait()`` joins), ``latest_step``
+    is the step of the mirrored checkpoint (``None`` when there is none) and ``pull`` downloads it
+    into ``dest`` and returns the folder."""
+
+    def push(self, checkpoint: Path) -> None:
+        raise NotImplementedError
+
+    def latest_step(self) -> int | None:
+        raise NotImplementedError
+
+    def pull(self, dest: Path) -> Path:
+        raise NotImplementedError
+
+    def wait(self) -> None:
+        pass
+
+
+class LocalMirror(Mirror):
+    """A folder (another disk, an NFS or gcsfuse mount): ``<root>/checkpoints/last`` replaced
+    atomically on every push."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def last(self) -> Path:
+        return self.root / "checkpoints" / "last"
+
+    def push(self, checkpoint: Path) -> None:
+        self.last.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".push-", dir=self.last.parent))
+        try:
+            for f in Path(checkpoint).iterdir():
+                shutil.copy2(f, tmp / f.name)
+            _fsync_dir(tmp)
+            _replace_dir(tmp, self.last)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def latest_step(self) -> int | None:
+        if not (self.last / "meta.json").is_file():
+            return None
+        return Checkpoints.step_of(self.last)
+
+    def pull(self, dest: Path) -> Path:
+        dest = Path(dest)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(self.last, dest)
+        return dest
+
+
+class HubMirror(Mirror):
+    """A Hugging Face model repo: every push is ``HfApi.upload_folder(folder_path=<checkpoint>,
+    repo_id, path_in_repo="checkpoints/last", delete_patterns=["*"], commit_message=...)`` in a
+    background thread (one at a time; a newer push waits for the older); ``latest_step`` downloads
+    ``checkpoints/last/meta.json`` with ``hf_hub_download``; ``pull`` is ``snapshot_download`` with
+    ``allow_patterns=["checkpoints/last/*"]``. ``api``/``download``/``snapshot`` default to
+    huggingface_hub's (token from ``HF_TOKEN`` or ``huggingface-cli login``)."""
+
+    PATH = "checkpoints/last"
+
+    def __init__(self, repo_id: str, *, api=None, download: Callable | None = None, snapshot: Callable | None = None,
+                 create: bool = True):
+        self.repo_id = repo_id
+        if api is None or download is None or snapshot is None:
+            import huggingface_hub as hf
+
+            api = api or hf.HfApi()
+            download = download or hf.hf_hub_download
+            snapshot = snapshot or hf.snapshot_download
+        self.api, self._download, self._snapshot = api, download, snapshot
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._created = not create
+
+    def push(self, checkpoint: Path) -> None:
+        self.wait()
+        staged = Path(tempfile.mkdtemp(prefix="rldskit-hub-push-"))
+        for f in Path(checkpoint).iterdir():  # a private copy: the local checkpoint may be pruned meanwhile
+            shutil.copy2(f, staged / f.name)
+
+        def upload() -> None:
+            try:
+                if not self._created:
+                    self.api.create_repo(self.repo_id, repo_type="model", private=True, exist_ok=True)
+                    self._created = True
+                step = Checkpoints.step_of(staged)
+                self.api.upload_folder(folder_path=str(staged), repo_id=self.repo_id, repo_type="model",
+                                       path_in_repo=self.PATH, delete_patterns=["*"],
+                                       commit_message=f"checkpoint step {step}")
+            except BaseException as e:  # reported by the next wait()
+                self._error = e
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+
+        self._thread = threading.Thread(target=upload, name="rldskit-hub-push", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"hf://{self.repo_id}: checkpoint upload failed: {err}") from err
+
+    def latest_step(self) -> int | None:
+        try:
+            meta = self._download(repo_id=self.repo_id, filename=f"{self.PATH}/meta.json", repo_type="model")
+        except Exception as e:  # no repo, no checkpoint yet, offline
+            if type(e).__name__ in ("EntryNotFoundError", "RepositoryNotFoundError", "RemoteEntryNotFoundError"):
+                return None
+            raise
+        return int(json.loads(Path(meta).read_text())["step"])
+
+    def pull(self, dest: Path) -> Path:
+        root = self._snapshot(repo_id=self.repo_id, repo_type="model", allow_patterns=[f"{self.PATH}/*"])
+        src = Path(root) / self.PATH
+        dest = Path(dest)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+        return dest
+
+
+def open_mirror(spec: str | None) -> Mirror | None:
+    """``None`` -> no mirror; ``hf://user/repo`` -> :class:`HubMirror`; anything else a folder."""
+    if not spec:
+        return None
+    if spec.startswith("hf://"):
+        return HubMirror(spec[len("hf://"):])
+    return LocalMirror(spec)
+
+
+# =========================================================================== preemption, metrics
+
+
+class PreemptionGuard:
+    """While active, SIGTERM (and SIGINT) only set ``requested``; the train loop checks it after
+    every step, saves a checkpoint and stops. Restores the previous handlers on exit. Only the main
+    thread can install handlers; elsewhere it is inert (``requested`` stays False)."""
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = tuple(signals)
+        self.requested: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = signum
+
+    def __enter__(self) -> PreemptionGuard:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+
+class MetricsWriter:
+    """One row per logged step to ``metrics.jsonl`` and ``metrics.csv`` (columns ``COLUMNS``;
+    appended, so a resumed run continues the same files; rows past the resume step are dropped)."""
+
+    COLUMNS = ("step", "loss", "grad_norm", "lr", "samples_per_s", "data_wait_s", "step_s", "wall_s")
+
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int | None = None):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl, self.csv = self.dir / "metrics.jsonl", self.dir / "metrics.csv"
+        if resume_step is not None:
+            self._truncate(resume_step)
+        new_csv = not self.csv.exists()
+        self._j = open(self.jsonl, "a")
+        self._c = open(self.csv, "a")
+        if new_csv:
+            self._c.write(",".join(self.COLUMNS) + "\n")
+
+    def _truncate(self, step: int) -> None:
+        if self.jsonl.exists():
+            rows = [ln for ln in self.jsonl.read_text().splitlines() if ln.strip()]
+            keep = []
+            for ln in rows:
+                try:
+                    if json.loads(ln)["step"] <= step:
+                        keep.append(ln)
+                except (ValueError, KeyError):
+                    continue
+            atomic_write_bytes(self.jsonl, ("\n".join(keep) + "\n").encode() if keep else b"")
+        if self.csv.exists():
+            lines = self.csv.read_text().splitlines()
+            keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",")[0].isdigit() and int(ln.split(",")[0]) <= step]
+            atomic_write_bytes(self.csv, ("\n".join(keep) + "\n").encode())
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._j.write(json.dumps({k: row.get(k) for k in self.COLUMNS}) + "\n")
+        self._c.write(",".join("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float)
+                               else str(row[k]) for k in self.COLUMNS) + "\n")
+        self._j.flush()
+        self._c.flush()
+
+    def close(self) -> None:
+        self._j.close()
+        self._c.close()
+
+
+# =========================================================================== selector
+
+
+def select_trainer(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``("jax" | "torch", why)``: JAX when ``RLDSKIT_PREFER_JAX=1`` or JAX sees an accelerator
+    (TPU/GPU), torch otherwise (``RLDSKIT_PREFER_JAX=0`` forces torch). JAX is imported only to
+    look for accelerators, and only when it is installed."""
+    import importlib.util
+
+    env = os.environ if env is None else env
+    pref = env.get("RLDSKIT_PREFER_JAX")
+    if pref == "1":
+        return "jax", "RLDSKIT_PREFER_JAX=1"
+    if pref == "0":
+        return "torch", "RLDSKIT_PREFER_JAX=0"
+    if importlib.util.find_spec("jax") is not None:
+        import jax
+
+        kinds = sorted({d.platform for d in jax.devices()})
+        if any(k != "cpu" for k in kinds):
+            return "jax", f"JAX sees accelerators ({', '.join(kinds)})"
+        return "torch", "no accelerator (JAX sees only CPU); set RLDSKIT_PREFER_JAX=1 to use JAX anyway"
+    return "torch", "JAX is not installed"
