@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Policy", "PolicyError", "load_safetensors", "area_resize"]
+__all__ = ["Policy", "PolicyError", "load_safetensors", "save_safetensors", "area_resize"]
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64, "I32": np.int32,
            "U8": np.uint8, "BOOL": np.bool_}
@@ -70,6 +70,42 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
                               f"within the {len(body)}-byte body")
         out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape).copy()
     return out
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as a ``.safetensors`` file with numpy alone (the layout
+    :func:`load_safetensors` reads; names sorted, data 8-byte aligned), via a temporary file and
+    a rename."""
+    import os
+    import tempfile
+
+    names = {v: k for k, v in _DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype.type not in names:
+            raise PolicyError(f"{name}: dtype {arr.dtype} cannot be stored in safetensors here")
+        b = arr.tobytes()
+        header[name] = {"dtype": names[arr.dtype.type], "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(head)))
+            f.write(head)
+            for b in blobs:
+                f.write(b)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def area_resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
