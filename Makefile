@@ -5,7 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rldskit-installed
 
-.PHONY: demo test test-fast bench clean
+EDGE_VENV := .venv-edge
+
+.PHONY: demo test test-fast test-edge-alone bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m rldskit.demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) test-edge-alone
 	$(PY) -m pytest -q
+
+# The edge runtime installed alone (numpy + cryptography, as on a robot) into its own venv, and its
+# standalone tests run there from outside the checkout, where rldskit cannot be imported.
+test-edge-alone:
+	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
+	rm -rf $(EDGE_VENV)/src && mkdir -p $(EDGE_VENV)/src && cp -r edge_runtime $(EDGE_VENV)/src/edge_runtime
+	$(EDGE_VENV)/bin/python -m pip install --quiet $(EDGE_VENV)/src/edge_runtime pytest hypothesis
+	cd $(EDGE_VENV) && bin/python -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR)/tests_edge $(CURDIR)/tests_edge
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -26,4 +36,4 @@ bench: $(STAMP)
 	$(PY) bench/validate.py
 
 clean:
-	rm -rf demo_out bench_out .pytest_cache .hypothesis
+	rm -rf demo_out bench_out .pytest_cache .hypothesis $(EDGE_VENV)
