@@ -454,7 +454,7 @@ class Checkpoints:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
-            flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}
+            flat = {k: np.ascontiguousarray(np.asarray(v)).reshape(np.shape(v)) for k, v in arrays.items()}  # keeps 0-d
             save_file(flat, str(tmp / "state.safetensors"))
             atomic_write_json(tmp / "meta.json", {**meta, "step": int(step), "complete": True})
             _fsync_dir(tmp)

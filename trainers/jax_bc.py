@@ -23,6 +23,10 @@ folder ``--out`` gets ``config.json`` (loadable with ``--config``), ``metrics.js
   Each save is pushed to the mirror (``--mirror``). ``--resume`` continues from the more advanced of
   the local latest checkpoint and the mirror's (pulled when ahead); with none it starts fresh. A
   resumed run reproduces the uninterrupted one bit for bit on CPU.
+* **Metrics** (``common.MetricsWriter``) every ``log_every`` steps and at the last step of a call:
+  ``loss``/``grad_norm`` (pre-clip) of that step, ``lr`` it used, ``samples_per_s`` and ``step_s``
+  (wall time per step) over the interval since the previous row, ``data_wait_s`` (seconds blocked
+  in ``next(loader)`` during that interval), ``wall_s`` (run time, summed over resumes).
 * **Exit codes**: 0 done (or stopped cleanly by a signal/budget, checkpoint written), 1 sanity check
   failed, 2 bad config/data.
 """
@@ -173,6 +177,8 @@ def _fill(template, arrays: Mapping[str, Any], what: str):
         if name not in arrays:
             raise ValueError(f"{what}: missing {name!r}")
         v = np.asarray(arrays[name])
+        if v.shape == (1,) and np.shape(leaf) == ():  # common.Checkpoints.save stores scalars as (1,)
+            v = v.reshape(())                         # (np.ascontiguousarray makes 0-d arrays 1-d)
         if v.shape != np.shape(leaf):
             raise ValueError(f"{what}: {name!r} has shape {v.shape}, the model needs {np.shape(leaf)}")
         out.append(jnp.asarray(v, dtype=jnp.asarray(leaf).dtype))
