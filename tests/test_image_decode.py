@@ -185,3 +185,39 @@ def test_absent_optional_frames_are_zero_in_recycled_buffers(tmp_path):
         absent = ~b[wrist + "_present"]
         assert not b[wrist][absent].any()
         assert b[wrist][~absent].any() or not (~absent).any()
+
+
+# --------------------------------------------------------------------------- the frame cache
+
+
+def test_frame_cache_gives_the_same_batches_and_decodes_each_frame_once(dataset):
+    kw = dict(history=2, action_horizon=3, batch_size=4, seed=5, num_epochs=3, resize=(12, 16), num_threads=2)
+    plain = [{k: v.copy() for k, v in b.items()} for b in L.windows(dataset, cache_frames=False, **kw)]
+    ld = L.windows(dataset, cache_frames=True, **kw)
+    assert ld.maker._caching
+    source = ld.maker.source
+    asked: list[int] = []
+    real = source.read_fields
+
+    def counting(steps, keys):
+        asked.extend(int(s) for s in steps)
+        return real(steps, keys)
+
+    source.read_fields = counting  # counts what the real reader is asked for; it still reads
+    cached = [{k: v.copy() for k, v in b.items()} for b in ld]
+    assert len(cached) == len(plain)
+    for a, b in zip(cached, plain):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    n = ld.index.num_steps
+    assert len(asked) <= n + 2 * 4, "after the first sight of a frame it comes from the cache"  # threads may race once
+    assert len(set(asked)) <= n
+
+
+def test_frame_cache_auto_follows_the_budget(dataset, monkeypatch):
+    assert L.windows(dataset, batch_size=4).maker._caching  # 40 tiny frames fit
+    assert not L.windows(dataset, batch_size=4, decode_images=False).maker._caching
+    monkeypatch.setattr(G, "CACHE_AUTO_BYTES", 100)
+    assert not L.windows(dataset, batch_size=4).maker._caching
+    assert L.windows(dataset, batch_size=4, cache_frames=True).maker._caching

@@ -77,7 +77,7 @@ from rldskit.formats.arrayrecord import ArrayRecordCorruption, ArrayRecordShardR
 from rldskit.formats.tfexample import ExampleDecodeError, decode_episode, decode_step
 from rldskit.spec import PRESENT_SUFFIX, EpisodeSpec, Image, Text
 
-__all__ = ["windows", "steps", "GOALS", "Loader", "StepIndex", "StepSource", "EpisodeSource", "EpisodeRow", "WindowMaker",
+__all__ = ["windows", "steps", "GOALS", "CACHE_AUTO_BYTES", "Loader", "StepIndex", "StepSource", "EpisodeSource", "EpisodeRow", "WindowMaker",
            "Normalizer", "compute_stats", "load_stats", "decode_image", "parse_split", "StepReadError",
            "StepRecordCorruption", "StepDecodeError", "STATS_FILE"]
 
@@ -618,6 +618,29 @@ class _ArrayPool:
 _FREE_REFS = 3
 
 
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+#: ``cache_frames=None`` caches decoded frames when all of them fit in this many bytes per process
+CACHE_AUTO_BYTES = min(2 << 30, _physical_memory() // 4)
+
+
+class _FrameCache:
+    """Decoded (and resized) frames of one image feature, by global step: ``frames[g]`` is valid
+    once ``filled[g]``. ``frames`` is ``np.empty`` (pages cost memory only once written), so RSS
+    grows with the frames actually seen, up to ``num_steps * h * w * c`` bytes. Frames never
+    change (a converted dataset is immutable); two threads filling the same step write the same
+    pixels. Never pickled (each worker process builds its own)."""
+
+    def __init__(self, num_steps: int, shape: tuple[int, int, int]):
+        self.frames = np.empty((num_steps, *shape), np.uint8)
+        self.filled = np.zeros(num_steps, bool)
+
+
 # =========================================================================== fast record parsing
 
 
@@ -904,13 +927,17 @@ class WindowMaker:
     ``frame_index`` (``t``) and ``index`` (the global step ``g``). With ``reuse_buffers``, image
     arrays come from an :class:`_ArrayPool` of ``pool_capacity`` per shape: an image array that the
     caller has dropped (no reference, view or tensor of it left) is overwritten by a later batch.
-    Picklable (a fresh pool in each process)."""
+    ``cache_frames`` keeps every decoded (resized) frame in RAM by global step, so each is read
+    and decoded once per process, not once per epoch (``None``: when all frames of the split fit
+    in :data:`CACHE_AUTO_BYTES`, e.g. 4k steps at 60x80 take 58 MB, 20k steps of two 480x640
+    cameras would take 37 GB and are not cached). Picklable (a fresh pool and cache per process)."""
 
     def __init__(self, source: StepSource, *, history: int = 1, action_horizon: int = 1,
                  history_keys: Sequence[str] = (), chunk_keys: Sequence[str] = (), current_keys: Sequence[str] = (),
                  windowed: bool = True, decode_images: bool = True, resize: tuple[int, int] | None = None,
                  normalizer: Normalizer | None = None, debug: bool = True, reuse_buffers: bool = True,
-                 pool_capacity: int = 8, goal: str | None = None, goal_keys: Sequence[str] = ()):
+                 pool_capacity: int = 8, goal: str | None = None, goal_keys: Sequence[str] = (),
+                 cache_frames: bool | None = None):
         if history < 1 or action_horizon < 1:
             raise ValueError(f"history and action_horizon must be >= 1, got {history}, {action_horizon}")
         if goal not in GOALS:
@@ -922,6 +949,7 @@ class WindowMaker:
         self.history, self.action_horizon, self.windowed = int(history), int(action_horizon), windowed
         self.decode_images, self.normalizer, self.debug = decode_images, normalizer, debug
         self._pool = _ArrayPool(pool_capacity) if reuse_buffers else None
+        self.cache_frames = cache_frames
         self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
         spec = self.index.spec
         keys: list[_Key] = []
@@ -943,6 +971,13 @@ class WindowMaker:
         if len({k.name for k in keys}) != len(keys):
             raise ValueError(f"a feature is asked for in two roles: {[k.path for k in keys]}")
         self.keys = tuple(keys)
+        image_bytes = sum(int(np.prod(self._image_shape(k.path))) for k in keys if k.kind == "image")
+        self.cache_bytes = image_bytes * self.index.num_steps  # every frame of the split, decoded
+        if cache_frames is None:
+            cache_frames = 0 < self.cache_bytes <= CACHE_AUTO_BYTES
+        self._caching = bool(cache_frames) and image_bytes > 0
+        self._caches: dict[str, _FrameCache] = {}
+        self._cache_lock = threading.Lock()
         self._hoffs = np.arange(-self.history + 1, 1, dtype=np.int64)
         self._coffs = np.arange(self.action_horizon, dtype=np.int64)
 
@@ -980,9 +1015,18 @@ class WindowMaker:
         from_records = [k for k in self.keys if k.kind != "ram"]
         records: dict[int, dict[str, Any]] = {}
         if from_records:
-            need = np.unique(np.concatenate([gather[k.role].reshape(-1) for k in from_records]))
-            fields = self.source.read_fields(need, [k.path for k in from_records])
-            records = dict(zip(need.tolist(), fields))
+            parts, read_keys = [], []
+            for k in from_records:
+                steps_k = np.unique(gather[k.role].reshape(-1))
+                if k.kind == "image" and self._caching:
+                    steps_k = steps_k[~self._cache(k.path).filled[steps_k]]
+                if len(steps_k):
+                    parts.append(steps_k)
+                    read_keys.append(k.path)
+            if parts:
+                need = np.unique(np.concatenate(parts))
+                fields = self.source.read_fields(need, read_keys)
+                records = dict(zip(need.tolist(), fields))
         out: dict[str, np.ndarray] = {}
         for k in self.keys:
             gi = gather[k.role]
@@ -1009,15 +1053,22 @@ class WindowMaker:
         shape = (*gi.shape, h, w, c)
         out = self._pool.take(shape, np.uint8) if self._pool is not None else np.empty(shape, dtype=np.uint8)
         flat = out.reshape(-1, h, w, c)
+        cache = self._cache(path) if self._caching else None
         done: dict[int, int] = {}
         for j, s in enumerate(gi.reshape(-1).tolist()):
             if s in done:
                 flat[j] = flat[done[s]]
                 continue
             done[s] = j
+            if cache is not None and cache.filled[s]:
+                flat[j] = cache.frames[s]
+                continue
             data = records[s][path]
             if not data:  # an absent optional frame: zeros, and its _present mask says so
                 flat[j] = 0
+                if cache is not None:
+                    cache.frames[s] = 0
+                    cache.filled[s] = True
                 continue
             try:
                 img = decode_image(data, c, self.resize, out=flat[j])
@@ -1029,16 +1080,30 @@ class WindowMaker:
                 where = self.source.where(s)
                 raise StepDecodeError(where.pop("path"), f"feature {path}: image is {img.shape}, the spec says "
                                                          f"{(h, w, c)} (pass resize=(h, w) to load other sizes)", **where)
+            if cache is not None:
+                cache.frames[s] = flat[j]
+                cache.filled[s] = True  # after the pixels: a reader that sees True sees them
         return out
+
+    def _cache(self, path: str) -> _FrameCache:
+        cache = self._caches.get(path)
+        if cache is None:
+            with self._cache_lock:
+                cache = self._caches.get(path)
+                if cache is None:
+                    cache = self._caches[path] = _FrameCache(self.index.num_steps, self._image_shape(path))
+        return cache
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_pool"] = None if self._pool is None else self._pool.capacity  # a fresh, empty pool per process
+        state["_caches"], state["_cache_lock"] = {}, None  # and a fresh, empty frame cache
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         cap = state["_pool"]
         state["_pool"] = None if cap is None else _ArrayPool(cap)
+        state["_cache_lock"] = threading.Lock()
         self.__dict__.update(state)
 
     def _record_values(self, path: str, gi: np.ndarray, records: dict[int, dict[str, Any]]) -> np.ndarray:
@@ -1338,7 +1403,7 @@ def windows(path: str | os.PathLike, history: int = 1, action_horizon: int = 1, 
             extra_keys: Sequence[str] | None = None, stats: Mapping | str | os.PathLike | None = None,
             num_threads: int | None = None, prefetch_buffer_size: int | None = None,
             debug_keys: bool = True, reuse_buffers: bool = True, goal: str | None = None,
-            goal_keys: Sequence[str] | None = None) -> Loader:
+            goal_keys: Sequence[str] | None = None, cache_frames: bool | None = None) -> Loader:
     """Batches of windows from a converted dataset (its step-major layout). One sample per selected
     step ``t``: ``observation_keys`` (default: every ``observation/*`` feature; images only with
     ``decode_images``) over the history ``t-H+1..t`` -> ``(B, H, ...)`` with ``observation_is_pad``
@@ -1356,7 +1421,9 @@ def windows(path: str | os.PathLike, history: int = 1, action_horizon: int = 1, 
     (:func:`_default_read_options`); ``worker_count > 0`` decodes in that many processes.
     ``reuse_buffers``: image arrays of batches the caller no longer references are recycled for
     later batches (see :class:`WindowMaker`; about 1.3x faster at 480x640); pass ``False`` when
-    something keeps a batch's memory without a Python reference to it.
+    something keeps a batch's memory without a Python reference to it. ``cache_frames``: keep
+    decoded frames in RAM so later epochs skip reading and decoding them (``None``: when they all
+    fit in :data:`CACHE_AUTO_BYTES`; see :class:`WindowMaker`).
     ``goal``: ``"last"`` (the episode's last step) or ``"uniform"`` (a step drawn uniformly from
     ``t..L-1``, reproducible from ``seed`` and the batch position; new draws each epoch) adds
     ``goal/<key>`` ``(B, ...)`` for ``goal_keys`` (default: the image observations, else every
@@ -1371,7 +1438,8 @@ def windows(path: str | os.PathLike, history: int = 1, action_horizon: int = 1, 
         extra = extra_keys if extra_keys is not None else [p for p in ("language_instruction",) if p in spec.step_leaves]
         return WindowMaker(source, history=history, action_horizon=action_horizon, history_keys=obs,
                            chunk_keys=action_keys, current_keys=extra, decode_images=decode_images, resize=resize,
-                           normalizer=normalizer, debug=debug_keys, reuse_buffers=reuse, goal=goal, goal_keys=gk)
+                           normalizer=normalizer, debug=debug_keys, reuse_buffers=reuse, goal=goal, goal_keys=gk,
+                           cache_frames=cache_frames)
 
     return _build("windows", path, split=split, episode_filter=episode_filter, batch_size=batch_size, seed=seed,
                   shuffle=shuffle, num_epochs=num_epochs, process_index=process_index, process_count=process_count,
@@ -1387,7 +1455,8 @@ def steps(path: str | os.PathLike, batch_size: int | None = 32, seed: int = 0, s
           worker_count: int = 0, episode_filter: Callable[[EpisodeRow], bool] | None = None,
           drop_remainder: bool = True, *, keys: Sequence[str] | None = None,
           stats: Mapping | str | os.PathLike | None = None, num_threads: int | None = None,
-          prefetch_buffer_size: int | None = None, debug_keys: bool = True, reuse_buffers: bool = True) -> Loader:
+          prefetch_buffer_size: int | None = None, debug_keys: bool = True, reuse_buffers: bool = True,
+          cache_frames: bool | None = None) -> Loader:
     """Batches of single steps: every step feature (or ``keys``) at ``t``, ``(B, ...)`` (images
     decoded to ``uint8 (B, h, w, c)`` when ``decode_images``, else left out). Options as
     :func:`windows`; ``normalize`` applies to the float ``observation/*`` and ``action`` features.
@@ -1396,7 +1465,7 @@ def steps(path: str | os.PathLike, batch_size: int | None = 32, seed: int = 0, s
         spec = source.index.spec
         return WindowMaker(source, current_keys=list(keys) if keys is not None else list(spec.step_leaves),
                            windowed=False, decode_images=decode_images, resize=resize, normalizer=normalizer,
-                           debug=debug_keys, reuse_buffers=reuse)
+                           debug=debug_keys, reuse_buffers=reuse, cache_frames=cache_frames)
 
     return _build("steps", path, split=split, episode_filter=episode_filter, batch_size=batch_size, seed=seed,
                   shuffle=shuffle, num_epochs=num_epochs, process_index=process_index, process_count=process_count,
