@@ -283,7 +283,9 @@ def batch_arrays(batch: Mapping[str, np.ndarray], io: PolicyIO) -> dict[str, np.
     0 where it pads past the episode's end)."""
     first = batch[io.action_key]
     b = first.shape[0]
-    if io.cameras:
+    if len(io.cameras) == 1:
+        images = batch[io.cameras[0]][:, None]  # a view: no copy of the frames
+    elif io.cameras:
         images = np.stack([batch[c] for c in io.cameras], axis=1)
     else:
         images = np.zeros((b, 0, 1, 1, 1, 1), np.uint8)
