@@ -8,8 +8,8 @@ frame ``h`` (oldest first) a ``uint8 (image_size[0], image_size[1], channels)`` 
 normalised state ``float32 (history * state_dim,)`` (the ``state_keys`` concatenated per frame,
 oldest first). Forward:
 
-1. ``x = frame / 255`` (float32); per camera its own encoder: for each conv layer ``i``: a 2-D
-   convolution with kernel ``encoder.<c>.conv<i>.kernel`` ``(k, k, in, out)`` (HWIO), stride
+1. ``x = frame / 255`` (float32); per camera its own encoder (``<c>`` below is the camera's index
+   in ``cameras``): for each conv layer ``i``: a 2-D convolution with kernel ``encoder.<c>.conv<i>.kernel`` ``(k, k, in, out)`` (HWIO), stride
    ``stride``, TensorFlow ``SAME`` padding (total ``max((ceil(n/s)-1)*s + k - n, 0)``, the smaller
    half before), plus ``encoder.<c>.conv<i>.bias``, then ReLU; then the last feature map
    ``(h', w', conv[-1])`` is flattened in row-major HWC order (torch, which computes NCHW, permutes
@@ -125,6 +125,13 @@ class TrainConfig:
             raise ConfigError(f"{source}: precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ConfigError(f"{source}: learning_rate and grad_clip must be > 0")
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"{source}: lora_rank must be >= 1, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"{source}: keep_checkpoints must be >= 1")
+        for k in ("max_wall_seconds", "max_memory_mb"):
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
+                raise ConfigError(f"{source}: {k} must be > 0 (or null for no budget)")
         return self
 
 
@@ -264,12 +271,30 @@ def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = T
     from rldskit.loaders import StepIndex, windows
 
     io = policy_io(StepIndex.load(cfg.data, _base_split(split or cfg.train_split)).spec)
-    return windows(cfg.data, history=cfg.history, action_horizon=cfg.action_horizon,
+    return windows(cfg.data, history=cfg.history, action_horizon=cfg.action_horizon, stats=train_stats(cfg),
                    batch_size=batch_size or cfg.batch_size, seed=cfg.seed if seed is None else seed, shuffle=shuffle,
                    num_epochs=num_epochs, decode_images=True, resize=tuple(cfg.image_size), normalize="stats",
                    split=split or cfg.train_split, observation_keys=list(io.cameras) + list(io.state_keys),
                    action_keys=[io.action_key], extra_keys=[], num_threads=cfg.num_threads, debug_keys=False,
                    drop_remainder=drop_remainder)
+
+
+def train_stats(cfg: TrainConfig) -> dict[str, Any] | str:
+    """The normalisation statistics: the dataset's ``stats.json`` when it has one, else the
+    statistics of the training selection only (``cfg.train_split``, e.g. ``train[:90%]``), so the
+    held-out episodes do not leak into them."""
+    from rldskit.loaders import StepIndex, compute_stats, load_stats
+    from rldskit.loaders.grain import _resolve_slice, parse_split
+
+    if load_stats(cfg.data) is not None:
+        return str(Path(StepIndex.load(cfg.data, _base_split(cfg.train_split)).path) / "stats.json")
+    base, sl = parse_split(cfg.train_split)
+    index = StepIndex.load(cfg.data, base)
+    steps = index.steps_of(index.select(_resolve_slice(sl, index.num_episodes, cfg.train_split)))
+    sub = StepIndex(index.path, index.split, index.spec,
+                    {k: v for k, v in index.episodes.items()}, {k: v[steps] for k, v in index.columns.items()},
+                    index.file_formats)
+    return compute_stats(sub)
 
 
 def _base_split(split: str) -> str:
@@ -304,9 +329,12 @@ def batch_arrays(batch: Mapping[str, np.ndarray], io: PolicyIO) -> dict[str, np.
 
 def architecture(cfg: TrainConfig, io: PolicyIO) -> dict[str, Any]:
     """The ``architecture`` block of ``policy.json`` (see the module docstring)."""
-    channels = io.camera_shapes[0][2] if io.cameras else 3
+    channels = sorted({s[2] for s in io.camera_shapes}) or [3]
+    if len(channels) > 1:
+        raise ValueError(f"{io.spec_id}: cameras with different channel counts {channels} are not supported by "
+                         "conv_mlp v1 (one 'channels' for all cameras)")
     return {"type": "conv_mlp", "version": 1, "cameras": list(io.cameras), "image_size": list(cfg.image_size),
-            "channels": int(channels), "history": cfg.history,
+            "channels": int(channels[0]), "history": cfg.history,
             "conv": [{"features": int(f), "kernel": cfg.conv_kernel, "stride": cfg.conv_stride, "padding": "SAME"}
                      for f in cfg.conv_features],
             "activation": "relu", "pool": "flatten_hwc", "encoder_out": encoder_out_dim(cfg),
