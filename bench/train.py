@@ -117,8 +117,9 @@ def run_torch(cfg, args, base: Path) -> dict:
 
     loader = common.make_loader(cfg)
     io = common.policy_io(loader.index.spec)
+    torch.set_num_threads(T._torch_threads())  # what the trainer runs with (RLDSKIT_TORCH_THREADS, default 1)
     model, _ = T.policy_from_export(base)
-    model = T.add_lora(model, cfg)
+    model = T.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     it = iter(loader)

@@ -347,7 +347,8 @@ def action_metrics(model: nn.Module, normalization: Mapping[str, Any] | None, cf
                    split: str | None = None, *, max_delta: float = 0.5, bounds_tol: float = 0.0) -> dict[str, Any]:
     """The promotion figures of ``model`` on ``split``: ``distance`` (mean Euclidean distance of the
     unnormalised predicted actions to the recorded ones, masked), ``violations`` (predicted action
-    elements more than ``bounds_tol`` outside the action's bounds, all chunk positions),
+    elements outside the action's bounds by more than ``bounds_tol`` times the bound's width, all
+    chunk positions),
     ``violation_rate`` and ``max_overshoot`` (the largest distance beyond a bound), ``max_delta``
     (largest change of one action element between consecutive actions of a chunk) and
     ``max_delta_ok`` against the limit; ``mse`` is the masked normalised MSE. ``normalization``:
@@ -363,7 +364,7 @@ def action_metrics(model: nn.Module, normalization: Mapping[str, Any] | None, cf
         lo = np.array([b[0] for b in io.action_bounds])
         hi = np.array([b[1] for b in io.action_bounds])
         over = np.maximum(lo - pred, pred - hi)
-        violations = int((over > bounds_tol).sum())
+        violations = int((over > bounds_tol * (hi - lo)).sum())
         overshoot = float(max(over.max(), 0.0))
     else:
         violations, overshoot = 0, 0.0
@@ -583,17 +584,17 @@ def _promote_dirs(root: Path, step: int, keep_history: int) -> str | None:
 
 
 def promote(out: str | os.PathLike, cfg: TrainConfig, eval_split: str | None = None, *, margin: float = 0.0,
-            max_delta: float = 0.5, keep_history: int = 3, bounds_tol: float = 0.0,
+            max_delta: float = 0.5, keep_history: int = 3, bounds_tol: float = 0.1,
             violation_allowance: float = 0.01) -> dict[str, Any]:
     """Compare ``<out>/adapters/candidate`` with ``current`` (or the base when there is no current)
     on ``eval_split`` (default ``cfg.eval_split``) of ``cfg.data`` and promote it when
     ``distance <= reference distance - margin``, ``violation_rate <= reference's +
     violation_allowance`` and its ``max_delta <= max_delta``. Violations count every predicted
-    element beyond a bound by more than ``bounds_tol`` (default 0: raw). A policy that imitates
-    actions sitting on a bound (steering at full lock) overshoots it by a hair now and then, which
-    the robot's safety head clamps; ``violation_allowance`` (default 1% of the predicted elements)
-    keeps that from vetoing a far better candidate, while a broken one (outputs far out of range
-    everywhere) still fails. Always writes
+    element beyond a bound by more than ``bounds_tol`` times the bound's width (default 0.1: 0.2
+    for steering in [-1, 1]). A regression policy that imitates actions sitting on a bound
+    (steering at full lock) overshoots it a little, which the robot's safety head clamps; the
+    tolerance and ``violation_allowance`` (default 1% of the predicted elements) keep that from
+    vetoing a far better candidate, while a broken one (outputs far out of range) still fails. Always writes
     ``<out>/adapters/promotion_report.json``; returns it."""
     root = _slots(out)
     root.mkdir(parents=True, exist_ok=True)

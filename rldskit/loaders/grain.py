@@ -27,10 +27,12 @@ lists). This module turns that into training batches with Grain. Five concepts:
   the dataset when present (format: :data:`STATS_FILE`), else computed from the train split's RAM
   arrays (:func:`compute_stats`; optional features over their present steps only).
 * **``Loader``** (from :func:`windows` or :func:`steps`): a Grain pipeline
-  ``MapDataset.source(step indices) -> shuffle(seed) -> [process_index::process_count] ->
-  batch(indices) -> repeat(num_epochs) -> map(WindowMaker) -> to_iter_dataset(ReadOptions) ->
-  mp_prefetch`` wrapped in an iterator with ``len`` (batches per epoch) and
-  ``get_state()``/``set_state()``.
+  ``MapDataset.range(batches per epoch) -> repeat(num_epochs) -> map_with_index(_EpochOrder)
+  (element i -> its steps: a seeded permutation per epoch, this host's positions, batch i) ->
+  map(WindowMaker) -> to_iter_dataset(ReadOptions) -> mp_prefetch`` wrapped in an iterator with
+  ``len`` (batches per epoch) and ``get_state()``/``set_state()``. The order is vectorised numpy
+  (one permutation per epoch), not per-element shuffle and batch datasets, which cost ~1 ms per
+  batch of 32 in Grain's per-element machinery.
 
 Contracts, as readers of Grain know them (``MapDataset`` ~ an infinite ``Sequence``, ``DatasetIterator``
 ~ an ``Iterator`` with saved state):
@@ -1124,9 +1126,59 @@ class WindowMaker:
 # =========================================================================== the loader
 
 
+class _EpochOrder:
+    """Element ``i`` of the repeated dataset -> its global steps, by vectorised index arithmetic:
+    epoch ``e = i // per_epoch`` orders the selection by a seeded permutation (``seed`` hashed,
+    then ``e``; the identity without ``shuffle``), host ``p`` of ``P`` takes positions ``p, p+P,
+    ...`` of it (below ``P * (n // P)`` with ``drop_remainder``), and batch ``b = i % per_epoch``
+    is the next ``batch_size`` of those (``int64 (B,)``; one ``int64`` step when unbatched). One
+    permutation per epoch (0.3 ms for 20k steps, cached), against ~30 us per sample through
+    per-element shuffle and batch datasets. Picklable; the same in every process."""
+
+    def __init__(self, selected: np.ndarray, *, seed: int, shuffle: bool, process_index: int, process_count: int,
+                 batch_size: int | None, drop_remainder: bool):
+        self.selected = np.asarray(selected, dtype=np.int64)
+        self.seed, self.shuffle, self.batch_size = _shuffle_seed(seed), bool(shuffle), batch_size
+        n = len(self.selected)
+        stop = process_count * (n // process_count) if (drop_remainder and process_count > 1) else n
+        self.positions = np.arange(process_index, stop, process_count, dtype=np.int64)
+        self.num_samples = len(self.positions)
+        if batch_size is None:
+            self.per_epoch = self.num_samples
+        elif drop_remainder:
+            self.per_epoch = self.num_samples // batch_size
+        else:
+            self.per_epoch = -(-self.num_samples // batch_size)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def epoch(self, e: int) -> np.ndarray:
+        """This host's steps of epoch ``e``, in order."""
+        cached = self._cached
+        if cached is not None and cached[0] == e:
+            return cached[1]
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, int(e)]).permutation(len(self.selected))
+            steps = self.selected[perm][self.positions]
+        else:
+            steps = self.selected[self.positions]
+        self._cached = (e, steps)  # one tuple assignment: threads see the old or the new pair
+        return steps
+
+    def element(self, i: int, _unused: Any = None) -> np.ndarray:
+        """Grain ``map_with_index`` entry: the steps of element ``i``."""
+        e, b = divmod(int(i), self.per_epoch)
+        steps = self.epoch(e)
+        if self.batch_size is None:
+            return steps[b]
+        return steps[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cached": None}
+
+
 def _shuffle_seed(seed: int) -> int:
-    """Grain shuffles epoch ``e`` with ``seed + e``, so seed 0's second epoch would be seed 1's
-    first; hashing the user's seed first keeps nearby seeds unrelated."""
+    """The user's seed hashed (epochs are seeded ``[hash, e]``, and the goal draws ``hash(seed + 1)``),
+    so nearby seeds give unrelated orders."""
     return int(np.random.SeedSequence([int(seed), 0x726C6473]).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -1347,23 +1399,14 @@ def _build(kind: str, path: str | os.PathLike, *, split: str, episode_filter, ba
         normalizer = Normalizer(st, mode, keys, shapes=shapes, source=where)
     maker = make_maker(StepSource(index), normalizer, reuse_buffers)
 
-    ds = grain.MapDataset.source(selected)
-    if shuffle:
-        ds = ds.shuffle(seed=_shuffle_seed(seed))
-    n = len(ds)
-    if process_count > 1:
-        if drop_remainder:  # every host the same count per epoch: positions p, p+P, ..., below P * (n // P)
-            ds = ds[process_index:process_count * (n // process_count):process_count]
-        else:
-            ds = ds[process_index::process_count]
-    num_samples = len(ds)
-    if batch_size is not None:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    epoch_length = len(ds)
+    order = _EpochOrder(selected, seed=seed, shuffle=shuffle, process_index=process_index,
+                        process_count=process_count, batch_size=batch_size, drop_remainder=drop_remainder)
+    num_samples, epoch_length = order.num_samples, order.per_epoch
     if epoch_length == 0:
         raise ValueError(f"{num_samples} samples per epoch on this host make no batch of {batch_size} "
                          "with drop_remainder=True")
-    ds = ds.repeat(num_epochs)
+    ds = grain.MapDataset.range(epoch_length)
+    ds = ds.repeat(num_epochs).map_with_index(order.element)
     if maker.goal == "uniform":  # an rng per batch from (seed, batch position): resuming redraws the same goals
         ds = ds.random_map(maker.with_rng, seed=_shuffle_seed(seed + 1))
     else:
@@ -1377,12 +1420,12 @@ def _build(kind: str, path: str | os.PathLike, *, split: str, episode_filter, ba
             prefetch_buffer_size=default.prefetch_buffer_size if prefetch_buffer_size is None else prefetch_buffer_size)
     if maker._pool is not None:  # batches being built + Grain's buffer + the caller's current and previous one
         maker._pool.capacity = read_options.num_threads + read_options.prefetch_buffer_size + 3
-    order = {"selection": hashlib.sha256(selected.tobytes()).hexdigest()[:16], "split": split, "seed": int(seed),
+    what = {"selection": hashlib.sha256(selected.tobytes()).hexdigest()[:16], "split": split, "seed": int(seed),
              "shuffle": bool(shuffle), "batch_size": batch_size, "num_epochs": num_epochs,
              "process_index": process_index, "process_count": process_count, "drop_remainder": bool(drop_remainder),
              "goal": maker.goal}
-    fingerprint = hashlib.sha256(json.dumps(order, sort_keys=True).encode()).hexdigest()[:24]
-    config = dict(order, kind=kind, worker_count=worker_count)
+    fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+    config = dict(what, kind=kind, worker_count=worker_count)
     return Loader(ds, epoch_length=epoch_length, read_options=read_options, worker_count=worker_count,
                   fingerprint=fingerprint, index=index, maker=maker, normalizer=normalizer, num_samples=num_samples,
                   config=config)
