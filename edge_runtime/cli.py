@@ -191,36 +191,12 @@ def cmd_run(a) -> int:
     if a.log:
         spec_id = loaded.policy.policy.get("spec_id") or (loaded.manifest.get("compat") or ["policy.v1"])[0]
         log = EpisodeLog(a.log, spec_id, loaded.policy.cameras)
-    res = replay_episode(a.replay, _Prepared(loaded.policy), safety, out_log=log)
+    res = replay_episode(a.replay, loaded.policy, safety, out_log=log)  # frames resized by the stepper
     out = {"slot": loaded.slot_id, "version": loaded.manifest.get("version"), "steps": res.steps,
            "violations": res.violations, "max_risk": float(res.risks.max()) if res.steps else 0.0,
            "episode": str(res.episode_path) if res.episode_path else None}
     _print(out, a.json)
     return 0
-
-
-class _Prepared:
-    """A policy whose frames are camera-sized: resized to its input before the forward pass."""
-
-    def __init__(self, policy):
-        self._p = policy
-
-    def __getattr__(self, name):
-        return getattr(self._p, name)
-
-    def __call__(self, frames, state=None):
-        return self._p({c: self._fit(f) for c, f in frames.items()}, state)
-
-    def normalized(self, frames, state=None):
-        return self._p.normalized({c: self._fit(f) for c, f in frames.items()}, state)
-
-    def _fit(self, f):
-        import numpy as np
-
-        f = np.asarray(f)
-        if f.ndim == 4:
-            return np.stack([self._p.prepare_frame(x) for x in f])
-        return self._p.prepare_frame(f)
 
 
 def _parser() -> argparse.ArgumentParser:
