@@ -430,7 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recover", help="finish episodes a killed logger left unfinished (marked truncated)")
     r.add_argument("paths", nargs="+")
     r.set_defaults(func=cmd_recover)
+
+    # commands living in their own modules (each light to import; heavy work imported when run)
+    import importlib
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register_cli(sub)
     return ap
+
+
+#: modules that add subcommands with ``register_cli(subparsers)``
+_COMMAND_MODULES = ("rldskit.pipeline_cmd",)
 
 
 def _episode_of(path: str) -> str | None:
