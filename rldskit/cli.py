@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: modules that add subcommands with ``register_cli(subparsers)``
-_COMMAND_MODULES = ("rldskit.pipeline_cmd",)
+_COMMAND_MODULES = ("rldskit.pipeline_cmd", "rldskit.report")
 
 
 def _episode_of(path: str) -> str | None:
