@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: modules that add subcommands with ``register_cli(subparsers)``
-_COMMAND_MODULES = ("rldskit.pipeline_cmd", "rldskit.report", "rldskit.hub")
+_COMMAND_MODULES = ("rldskit.pipeline_cmd", "rldskit.report", "rldskit.hub", "rldskit.archive")
 
 
 def _episode_of(path: str) -> str | None:

@@ -17,7 +17,9 @@
    CPU: ``python -m trainers`` picks JAX when an accelerator is present) and export it;
 8. ship it to a simulated robot with the edge runtime (numpy only): sign a bundle, install it,
    promote it after a health check, replay a recorded episode through policy, safety head and the
-   RLDS logger, and show the robot's status.
+   RLDS logger, and show the robot's status;
+9. dataset statistics (``stats.json``: exact quantiles, lengths, rate, skew, breakdowns) and the
+   HTML report; the demo ends by printing where the report is.
 """
 
 from __future__ import annotations
@@ -183,6 +185,22 @@ def _ship(export: Path, out: Path) -> bool:
     return ok
 
 
+def _stats_and_report(dataset: Path, out: Path) -> Path | None:
+    from rldskit.report import build_report
+    from rldskit.stats import dataset_stats, format_table, write_stats
+
+    _banner("9. statistics and the report")
+    t0 = time.perf_counter()
+    path = write_stats(dataset)
+    table = format_table(dataset_stats(dataset)).splitlines()
+    print("\n".join("  " + line for line in table[:14]))
+    if len(table) > 14:
+        print(f"  ... ({len(table) - 14} more lines in {path})")
+    report = build_report(dataset, out / "report")
+    print(f"  {path} and {report} in {time.perf_counter() - t0:.1f} s")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="demo_out")
@@ -233,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     ok &= _load_windows(out / "data" / "pi5_donkey" / "1.0.0")
     export = _train(out / "data" / "pi5_donkey" / "1.0.0", out)
     ok &= export is not None and _ship(export, out)
+    report = _stats_and_report(out / "data" / "pi5_donkey" / "1.0.0", out)
 
     print(f"\ndemo finished in {time.perf_counter() - t_start:.1f} s; episodes are in {out / 'episodes'}, "
           f"the dataset in {out / 'data'}")
+    print(f"the report: {report} (open it in any browser)")
     print(f"try:  .venv/bin/rldskit validate {out / 'episodes' / 'pi5_donkey'} --check-images")
     print(f"      .venv/bin/rldskit inspect {out / 'data' / 'pi5_donkey' / '1.0.0'}")
     return 0 if ok else 1
