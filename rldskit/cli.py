@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: modules that add subcommands with ``register_cli(subparsers)``
-_COMMAND_MODULES = ("rldskit.pipeline_cmd", "rldskit.report", "rldskit.hub", "rldskit.archive")
+_COMMAND_MODULES = ("rldskit.stats", "rldskit.report", "rldskit.archive", "rldskit.hub", "rldskit.pipeline_cmd")
 
 
 def _episode_of(path: str) -> str | None:

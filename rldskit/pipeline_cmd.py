@@ -160,7 +160,7 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
                 continue
             from rldskit.stats import write_stats
 
-            path = write_stats(dataset)
+            path = write_stats(dataset, split="train")  # what training normalises with: the train split only
             echo(f"[stats] {path}")
             state.record(stage, fp, {"stats": str(path)})
         elif stage == "train":
