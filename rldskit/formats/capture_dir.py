@@ -243,10 +243,16 @@ class ScanResult:
         return self.episode is not None and not any(i.severity == ERROR for i in self.issues)
 
 
+#: JSON files that live among episodes but are not episodes: the schema copy, and the reports the
+#: importers write beside what they imported
+NOT_EPISODES = frozenset({"schema.json", "import_report.json", "migration_report.json"})
+
+
 def is_episode_path(p: Path) -> bool:
     if p.is_dir():
         return (p / METADATA_FILE).is_file() or (p / STEPS_DIR).is_dir()
-    return p.is_file() and (p.name.endswith((".jsonl", ".jsonl.zst")) or p.suffix == ".json") and p.name != "schema.json"
+    return (p.is_file() and (p.name.endswith((".jsonl", ".jsonl.zst")) or p.suffix == ".json")
+            and p.name not in NOT_EPISODES)
 
 
 def find_episodes(paths: Iterable[str | Path]) -> tuple[list[Path], list[Issue]]:
