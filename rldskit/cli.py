@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: modules that add subcommands with ``register_cli(subparsers)``
-_COMMAND_MODULES = ("rldskit.stats", "rldskit.report", "rldskit.archive", "rldskit.hub", "rldskit.pipeline_cmd")
+_COMMAND_MODULES = ("rldskit.stats", "rldskit.report", "rldskit.archive", "rldskit.hub", "rldskit.pipeline_cmd",
+                    "rldskit.transfer_cmd")
 
 
 def _episode_of(path: str) -> str | None:
