@@ -510,6 +510,10 @@ class _Mapper:
 
     def _plan_target(self) -> None:
         src, spec, rep = self.src, self.spec, self.rep
+        if "observation/joint_position" not in spec.step_leaves or "action" not in spec.step_leaves:
+            raise LeRobotError(f"target {spec.id}: the LeRobot importer maps onto arm schemas with "
+                               "observation/joint_position and action (so100_arm.v1); omit --target to derive a "
+                               "schema from info.json")
         feats = src.features
         st = feats.get("observation.state", {})
         ac = feats.get("action", {})
