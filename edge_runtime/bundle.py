@@ -56,6 +56,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ._io import atomic_write, fsync_dir
 from .policy import Policy, PolicyError
 
 __all__ = ["BundleError", "VerifiedBundle", "build_bundle", "pack_zip", "extract_zip", "sign_bundle",
@@ -119,19 +120,6 @@ class VerifiedBundle:
 # =========================================================================== small file helpers
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Create ``path`` (which must not exist) with ``data``, fsynced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
@@ -139,22 +127,6 @@ def _write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary sibling, fsync, rename, fsync the folder: never a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -355,13 +327,13 @@ def build_bundle(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *, v
         _write_file(tmp / MANIFEST, _json_bytes(manifest))
         for d in (tmp / POLICY_DIR, tmp / "evidence", tmp):
             if d.is_dir():
-                _fsync_dir(d)
+                fsync_dir(d)
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}")
             os.replace(out, old)
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -407,7 +379,7 @@ def pack_zip(bundle_dir: str | os.PathLike, zip_path: str | os.PathLike) -> Path
     src, dst = Path(bundle_dir), Path(zip_path)
     verify_bundle(src, allow_unsigned=True, _check_sig=False)  # never ship a damaged bundle
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(dst, _zip_bytes(_bundle_files(src)))
+    atomic_write(dst, _zip_bytes(_bundle_files(src)))
     return dst
 
 
@@ -532,10 +504,10 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, *, max
         except _ZIP_ERRORS as e:
             raise BundleError(f"{where}: not a readable zip (truncated or corrupt?): {type(e).__name__}: {e}") from None
         for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            _fsync_dir(d)
-        _fsync_dir(tmp)
+            fsync_dir(d)
+        fsync_dir(tmp)
         os.rename(tmp, dest)  # onto a missing or empty folder
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -558,8 +530,8 @@ def generate_keypair(out_prefix: str | os.PathLike) -> tuple[Path, Path]:
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _atomic_write(key_path, priv, mode=0o600)
-    _atomic_write(pub_path, pub, mode=0o644)
+    atomic_write(key_path, priv, mode=0o600)
+    atomic_write(pub_path, pub, mode=0o644)
     return key_path, pub_path
 
 
@@ -656,13 +628,13 @@ def sign_bundle(bundle: str | os.PathLike, key_path: str | os.PathLike) -> dict[
     verify_bundle(p, allow_unsigned=True, _check_sig=False)
     if p.is_dir():
         doc = _sign_doc((p / MANIFEST).read_bytes(), key)
-        _atomic_write(p / SIGNATURE, _json_bytes(doc))
+        atomic_write(p / SIGNATURE, _json_bytes(doc))
         return doc
     entries = _read_zip_entries(p)
     entries.pop(SIGNATURE, None)
     doc = _sign_doc(entries[MANIFEST], key)
     entries[SIGNATURE] = _json_bytes(doc)
-    _atomic_write(p, _zip_bytes(entries))
+    atomic_write(p, _zip_bytes(entries))
     return doc
 
 

@@ -50,11 +50,12 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write, fsync_dir, write_all
+
 __all__ = ["EpisodeLog", "CaptureEpisode", "CaptureReadError", "FrameDecodeError", "read_capture_episode",
            "encode_png", "decode_png", "decode_frame", "frame_kind", "FORMAT"]
 
 FORMAT = "rldskit.capture/1"
-TMP_SUFFIX = ".tmp"
 _RESERVED_STEP = {"observation", "action", "reward", "discount", "timestamp", "is_first", "is_last", "is_terminal"}
 _RESERVED_META = {"format", "schema", "status", "end", "episode_id"}
 _CHUNK_RE = re.compile(r"^(\d{6,})\.jsonl(\.zst)?$")
@@ -71,47 +72,6 @@ class CaptureReadError(ValueError):
 
 
 # =========================================================================== small I/O helpers
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
-    """Temp-then-rename (the temp name is the one rldskit's recovery knows to clean up)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        _fsync_dir(path.parent)
 
 
 def _json_default(o: Any) -> Any:
@@ -384,7 +344,7 @@ class EpisodeLog:
                                      f"{old.get('version') if isinstance(old, dict) else '?'}): record different schemas "
                                      "into different folders")
             else:
-                _atomic_write(f, json.dumps(spec, indent=1, ensure_ascii=False).encode(), durable=durability != "none")
+                atomic_write(f, json.dumps(spec, indent=1, ensure_ascii=False).encode(), durable=durability != "none")
         self._meta: dict[str, Any] = {}
         self._path: Path | None = None
         self._fd: int | None = None
@@ -440,11 +400,11 @@ class EpisodeLog:
         path.mkdir(parents=True, exist_ok=False)
         durable = self.durability != "none"
         # metadata before steps/: a folder that looks like an episode always has its metadata.json
-        _atomic_write(path / "metadata.json", self._meta_bytes(meta), durable=durable)
+        atomic_write(path / "metadata.json", self._meta_bytes(meta), durable=durable)
         (path / "steps").mkdir()
         (path / "frames").mkdir()
         if durable:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         self._meta, self._path = meta, path
         self.num_steps, self._chunk_first, self._fd = 0, 0, None
         self._frame_dirs = set()
@@ -506,7 +466,7 @@ class EpisodeLog:
             self._chunk_first = self.num_steps
             self._fd = os.open(path / "steps" / f"{self._chunk_first:06d}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                                0o644)
-        _write_all(self._fd, data)  # the whole line in one write(2) on an O_APPEND descriptor
+        write_all(self._fd, data)  # the whole line in one write(2) on an O_APPEND descriptor
         if self.durability == "step":
             os.fsync(self._fd)
         self.num_steps += 1
@@ -521,7 +481,7 @@ class EpisodeLog:
             d.mkdir(exist_ok=True)
             self._frame_dirs.add(camera)
         rel = f"frames/{camera}/{self.num_steps:06d}{ext}"
-        _atomic_write(self._path / rel, data, durable=self.durability == "step")
+        atomic_write(self._path / rel, data, durable=self.durability == "step")
         return rel
 
     def _close_chunk(self) -> None:
@@ -550,12 +510,12 @@ class EpisodeLog:
         self._close_chunk()
         if self.durability != "none":
             for cam in self._frame_dirs:
-                _fsync_dir(path / "frames" / cam)
-            _fsync_dir(path / "steps")
+                fsync_dir(path / "frames" / cam)
+            fsync_dir(path / "steps")
         meta = dict(self._meta, **extra)
         meta["status"] = "complete"
         meta["end"] = {"num_steps": self.num_steps, "terminal": terminal, "end_time": float(self.clock())}
-        _atomic_write(path / "metadata.json", self._meta_bytes(meta), durable=self.durability != "none")
+        atomic_write(path / "metadata.json", self._meta_bytes(meta), durable=self.durability != "none")
         self._path = None
         self._meta = {}
         return path

@@ -74,10 +74,8 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 
 def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` as a ``.safetensors`` file with numpy alone (the layout
-    :func:`load_safetensors` reads; names sorted, data 8-byte aligned), via a temporary file and
-    a rename."""
-    import os
-    import tempfile
+    :func:`load_safetensors` reads; names sorted, data 8-byte aligned), atomically and durably."""
+    from ._io import atomic_write
 
     names = {v: k for k, v in _DTYPES.items()}
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -92,20 +90,7 @@ def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata:
         offset += len(b)
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(head)))
-            f.write(head)
-            for b in blobs:
-                f.write(b)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, struct.pack("<Q", len(head)) + head + b"".join(blobs))
 
 
 def area_resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

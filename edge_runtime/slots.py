@@ -41,7 +41,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .bundle import (MANIFEST, SAFETY, SIGNATURE, BundleError, _fsync_dir, _json_bytes, _write_file, action_names,
+from ._io import fsync_dir
+from .bundle import (MANIFEST, SAFETY, SIGNATURE, BundleError, _json_bytes, _write_file, action_names,
                      default_safety, extract_zip, safety_bounds, verify_bundle)
 from .policy import Policy, PolicyError
 
@@ -139,7 +140,7 @@ def _write_state(root: Path, state: dict[str, Any], fault: Fault = None) -> None
         tmp.unlink(missing_ok=True)
         raise
     _fire(fault, "state_renamed")
-    _fsync_dir(root)
+    fsync_dir(root)
     _fire(fault, "dir_synced")
     for role in ("current", "candidate"):
         _set_link(root, role, state[role])
@@ -212,7 +213,7 @@ def _gc(root: Path, state: Mapping[str, Any]) -> list[str]:
         os.rename(p, trash)  # a folder named slots/<id> is always complete
         removed.append(p.name)
     if removed:
-        _fsync_dir(slots)
+        fsync_dir(slots)
     for p in slots.glob(".trash-*") if slots.is_dir() else []:
         _rmtree(p)
     return removed
@@ -263,8 +264,8 @@ def install(bundle_path: str | os.PathLike, root: str | os.PathLike, *, trusted_
                         d.parent.mkdir(parents=True, exist_ok=True)
                         _write_file(d, s.read_bytes())
                     for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                        _fsync_dir(d)
-                    _fsync_dir(tmp)
+                        fsync_dir(d)
+                    fsync_dir(tmp)
                 elif src.is_file():
                     extract_zip(src, tmp)
                 else:
@@ -289,7 +290,7 @@ def install(bundle_path: str | os.PathLike, root: str | os.PathLike, *, trusted_
             else:
                 _make_readonly(tmp)
                 os.rename(tmp, dest)
-                _fsync_dir(slots)
+                fsync_dir(slots)
             _fire(fault, "slot_renamed")
         except BaseException:
             _rmtree(tmp)

@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from rldskit._io import atomic_write_bytes, fsync_dir
+
 __all__ = ["TrainConfig", "PRESETS", "load_config", "config_to_dict", "PolicyIO", "policy_io", "make_loader",
            "batch_arrays", "architecture", "policy_document", "conv_out_size", "same_padding", "encoder_out_dim", "write_export", "read_export", "EXPORT_WEIGHTS", "EXPORT_POLICY",
            "Checkpoints", "Mirror", "LocalMirror", "HubMirror", "open_mirror", "PreemptionGuard", "MetricsWriter",
@@ -392,7 +394,7 @@ def write_export(out_dir: str | os.PathLike, weights: Mapping[str, np.ndarray], 
         arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
         save_file(arrays, str(tmp / EXPORT_WEIGHTS), metadata={"format": FORMAT})
         atomic_write_json(tmp / EXPORT_POLICY, policy)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -421,34 +423,8 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
 # =========================================================================== files
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: never a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:
@@ -458,7 +434,7 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         os.replace(dest, old)
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -487,7 +463,7 @@ class Checkpoints:
             flat = {k: np.ascontiguousarray(np.asarray(v)).reshape(np.shape(v)) for k, v in arrays.items()}  # keeps 0-d
             save_file(flat, str(tmp / "state.safetensors"))
             atomic_write_json(tmp / "meta.json", {**meta, "step": int(step), "complete": True})
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             dest = self.root / f"{self.PREFIX}{int(step):08d}"
             _replace_dir(tmp, dest)
         except BaseException:
@@ -572,7 +548,7 @@ class LocalMirror(Mirror):
         try:
             for f in Path(checkpoint).iterdir():
                 shutil.copy2(f, tmp / f.name)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             _replace_dir(tmp, self.last)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -515,7 +515,7 @@ def write_candidate(out: str | os.PathLike, model: nn.Module, info: Mapping[str,
         sd = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
         save_file(sd, str(tmp / ADAPTER_WEIGHTS), metadata={"format": ADAPTER_FORMAT})
         common.atomic_write_json(tmp / ADAPTER_JSON, {"format": ADAPTER_FORMAT, "format_version": 1, **info})
-        common._fsync_dir(tmp)
+        common.fsync_dir(tmp)
         common._replace_dir(tmp, root / "candidate")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -574,7 +574,7 @@ def _promote_dirs(root: Path, step: int, keep_history: int) -> str | None:
         moved = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-step{prev_step:08d}"
         os.replace(root / "current", root / "history" / moved)
     os.replace(root / "candidate", root / "current")
-    common._fsync_dir(root)
+    common.fsync_dir(root)
     hist = root / "history"
     if hist.is_dir():
         entries = sorted(p for p in hist.iterdir() if not p.name.startswith("."))
