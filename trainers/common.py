@@ -272,8 +272,9 @@ def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = T
     dataset's ``stats.json`` or its train split's statistics), no debug keys."""
     from rldskit.loaders import StepIndex, windows
 
-    io = policy_io(StepIndex.load(cfg.data, _base_split(split or cfg.train_split)).spec)
-    return windows(cfg.data, history=cfg.history, action_horizon=cfg.action_horizon, stats=train_stats(cfg),
+    index = StepIndex.load(cfg.data, _base_split(cfg.train_split))  # the spec, and the normalisation statistics
+    io = policy_io(index.spec)
+    return windows(cfg.data, history=cfg.history, action_horizon=cfg.action_horizon, stats=train_stats(cfg, index),
                    batch_size=batch_size or cfg.batch_size, seed=cfg.seed if seed is None else seed, shuffle=shuffle,
                    num_epochs=num_epochs, decode_images=True, resize=tuple(cfg.image_size), normalize="stats",
                    split=split or cfg.train_split, observation_keys=list(io.cameras) + list(io.state_keys),
@@ -281,22 +282,20 @@ def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = T
                    drop_remainder=drop_remainder)
 
 
-def train_stats(cfg: TrainConfig) -> dict[str, Any] | str:
-    """The normalisation statistics: the dataset's ``stats.json`` when it has one, else the
-    statistics of the training selection only (``cfg.train_split``, e.g. ``train[:90%]``), so the
-    held-out episodes do not leak into them."""
-    from rldskit.loaders import StepIndex, compute_stats, load_stats
+def train_stats(cfg: TrainConfig, index=None) -> dict[str, Any] | str:
+    """The normalisation statistics: the dataset's ``stats.json`` (its path) when it has one, else
+    the statistics of the training selection only (``cfg.train_split``, e.g. ``train[:90%]``), so
+    the held-out episodes do not leak into them. ``index``: the train split's
+    :class:`~rldskit.loaders.StepIndex` when the caller has it already."""
+    from rldskit.loaders import STATS_FILE, StepIndex, compute_stats
     from rldskit.loaders.grain import _resolve_slice, parse_split
 
-    if load_stats(cfg.data) is not None:
-        return str(Path(StepIndex.load(cfg.data, _base_split(cfg.train_split)).path) / "stats.json")
     base, sl = parse_split(cfg.train_split)
-    index = StepIndex.load(cfg.data, base)
-    steps = index.steps_of(index.select(_resolve_slice(sl, index.num_episodes, cfg.train_split)))
-    sub = StepIndex(index.path, index.split, index.spec,
-                    {k: v for k, v in index.episodes.items()}, {k: v[steps] for k, v in index.columns.items()},
-                    index.file_formats)
-    return compute_stats(sub)
+    index = index if index is not None else StepIndex.load(cfg.data, base)
+    if (index.path / STATS_FILE).is_file():
+        return str(index.path / STATS_FILE)
+    positions = index.select(_resolve_slice(sl, index.num_episodes, cfg.train_split))
+    return compute_stats(index, steps=index.steps_of(positions))
 
 
 def _base_split(split: str) -> str:

@@ -396,9 +396,11 @@ class StepIndex:
 # =========================================================================== statistics
 
 
-def compute_stats(index: StepIndex, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def compute_stats(index: StepIndex, keys: Sequence[str] | None = None,
+                  steps: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Per-feature ``mean``, ``std`` (population), ``min``, ``max`` and ``count`` of the float
-    low-dimensional columns of ``index`` (default: all of them), over all its steps; an optional
+    low-dimensional columns of ``index`` (default: all of them), over all its steps or the global
+    ``steps`` given (e.g. a training selection: ``index.steps_of(positions)``); an optional
     feature counts only the steps where its ``_present`` mask is True. JSON-ready (the
     :data:`STATS_FILE` format)."""
     out: dict[str, dict[str, Any]] = {}
@@ -407,6 +409,9 @@ def compute_stats(index: StepIndex, keys: Sequence[str] | None = None) -> dict[s
         if col is None or col.dtype.kind != "f":
             continue
         present = index.columns.get(key + PRESENT_SUFFIX)
+        if steps is not None:
+            col = col[steps]
+            present = present[steps] if present is not None else None
         x = col[present] if present is not None else col
         x = x.astype(np.float64, copy=False)
         if len(x) == 0:
