@@ -892,30 +892,24 @@ def _cli_fail(code: int, msg: str) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from rldskit.spec import SpecError
-
-    try:
-        res = push(args.path, args.repo, private=not args.public, license=args.license, revision=args.revision,
-                   commit_message=args.message, staging_dir=args.staging, rows_per_file=args.rows_per_file)
-    except HubError as e:
-        return _cli_fail(1, f"{e} (re-run the same command to resume)")
-    except ImportError as e:
-        return _cli_fail(2, f"{e}; install the Hub extras: pip install 'rldskit[hub]'")
-    except (SpecError, ValueError, KeyError) as e:
-        return _cli_fail(2, str(e))
-    except OSError as e:
-        return _cli_fail(1, f"{type(e).__name__}: {e}")
+    res = _cli_call(lambda: push(args.path, args.repo, private=not args.public, license=args.license,
+                                 revision=args.revision, commit_message=args.message, staging_dir=args.staging,
+                                 rows_per_file=args.rows_per_file))
+    if isinstance(res, int):
+        return res
     kind = "private" if res["private"] else "public"
     print(f"pushed {len(res['files'])} files ({res['bytes'] / 1e6:.1f} MB) to {res['url']} ({kind}, "
           f"{res['method']}; staging {res['staging']})")
     return 0
 
 
-def _cmd_pull(args: argparse.Namespace) -> int:
+def _cli_call(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or the CLI exit code of what it raised (1: the transfer failed, re-runnable; 2:
+    bad input or missing extras), with the message on stderr."""
     from rldskit.spec import SpecError
 
     try:
-        got = pull(args.repo, args.out, revision=args.revision, allow_patterns=args.include)
+        return fn()
     except HubError as e:
         return _cli_fail(1, f"{e} (re-run the same command to resume)")
     except ImportError as e:
@@ -924,6 +918,12 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         return _cli_fail(2, str(e))
     except OSError as e:
         return _cli_fail(1, f"{type(e).__name__}: {e}")
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    got = _cli_call(lambda: pull(args.repo, args.out, revision=args.revision, allow_patterns=args.include))
+    if isinstance(got, int):
+        return got
     print(f"pulled {args.repo} into {got}")
     return 0
 
