@@ -9,6 +9,7 @@ ones are predictable from the drift. An untrained policy's error is the spread o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ def bar_action(x: float, b: float) -> np.ndarray:
     return np.array([2 * x - 1, b - 0.5], dtype=np.float32)
 
 
-def write_bar_episodes(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 3), seed: int = 0) -> Path:
-    """Capture folders under ``root/cap``; returns that folder."""
+def write_bar_episodes(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 3), seed: int = 0, *,
+                       action: Callable[[float, float], np.ndarray] = bar_action, id_prefix: str = "bar") -> Path:
+    """Capture folders under ``root/cap`` (the action of a frame is ``action(x, b)``); returns that
+    folder."""
     spec = load_spec("pi5_donkey.v1").with_image_shape("observation/image", tuple(shape))
     rng = np.random.default_rng(seed)
     logger = EpisodeLogger(root / "cap", spec, durability="none")
@@ -42,9 +45,9 @@ def write_bar_episodes(root: Path, episodes: int = 16, steps: int = 24, shape=(2
         t = 1.7e9 + 1000 * n
         logger.clock = lambda: t
         logger.start_episode(environment_id="bar_world", control_role="user", tags=["origin:synthetic"],
-                             episode_id=f"bar_{seed}_{n:04d}")
+                             episode_id=f"{id_prefix}_{seed}_{n:04d}")
         for i in range(steps):
-            logger.log_step({"image": bar_frame(h, w, x, b, rng)}, bar_action(x, b),
+            logger.log_step({"image": bar_frame(h, w, x, b, rng)}, action(x, b),
                             timestamps={"control": t + i * 0.05, "camera": t + i * 0.05 - 0.002},
                             extras={"control_mode": "user", "policy_action": None})
             x = float(np.clip(x + vx, 0.0, 1.0))
@@ -53,7 +56,9 @@ def write_bar_episodes(root: Path, episodes: int = 16, steps: int = 24, shape=(2
     return root / "cap"
 
 
-def bar_dataset(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 3), seed: int = 0) -> Path:
+def bar_dataset(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 3), seed: int = 0, *,
+                action: Callable[[float, float], np.ndarray] = bar_action, name: str = "bars",
+                id_prefix: str = "bar") -> Path:
     """The converted dataset version folder (step-major layout, ArrayRecord)."""
-    cap = write_bar_episodes(root, episodes, steps, shape, seed)
-    return convert([cap], root / "data", name="bars", runner="inline", formats=("array_record",)).path
+    cap = write_bar_episodes(root, episodes, steps, shape, seed, action=action, id_prefix=id_prefix)
+    return convert([cap], root / "data", name=name, runner="inline", formats=("array_record",)).path

@@ -23,10 +23,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from helpers_train import bar_dataset, bar_frame  # noqa: E402
+from helpers_train import bar_dataset  # noqa: E402
 
-from rldskit.capture import EpisodeLogger  # noqa: E402
-from rldskit.pipeline import convert  # noqa: E402
 from rldskit.spec import load_spec  # noqa: E402
 from trainers import common, torch_lora  # noqa: E402
 
@@ -41,25 +39,8 @@ BASE_STEPS, LORA_STEPS = 250, 200
 
 def flipped_bar_dataset(root: Path, episodes: int = EPISODES, steps: int = 24, shape=(24, 32, 3), seed: int = 1) -> Path:
     """Like ``helpers_train.bar_dataset`` but ``throttle = 0.5 - b`` (the base's mapping reversed)."""
-    spec = load_spec("pi5_donkey.v1").with_image_shape("observation/image", tuple(shape))
-    rng = np.random.default_rng(seed)
-    logger = EpisodeLogger(root / "cap", spec, durability="none")
-    h, w, _ = shape
-    for n in range(episodes):
-        x, b = rng.uniform(0.1, 0.9), rng.uniform(0.2, 1.0)
-        vx, vb = rng.normal(0, 0.02), rng.normal(0, 0.015)
-        t = 1.7e9 + 1000 * n
-        logger.clock = lambda: t
-        logger.start_episode(environment_id="bar_world", control_role="user", tags=["origin:synthetic"],
-                             episode_id=f"flip_{seed}_{n:04d}")
-        for i in range(steps):
-            logger.log_step({"image": bar_frame(h, w, x, b, rng)}, np.array([2 * x - 1, 0.5 - b], np.float32),
-                            timestamps={"control": t + i * 0.05, "camera": t + i * 0.05 - 0.002},
-                            extras={"control_mode": "user", "policy_action": None})
-            x = float(np.clip(x + vx, 0.0, 1.0))
-            b = float(np.clip(b + vb, 0.0, 1.0))
-        logger.end_episode(terminal=False)
-    return convert([root / "cap"], root / "data", name="flipped", runner="inline", formats=("array_record",)).path
+    return bar_dataset(root, episodes, steps, shape, seed, name="flipped", id_prefix="flip",
+                       action=lambda x, b: np.array([2 * x - 1, 0.5 - b], np.float32))
 
 
 def _cfg(data: Path, out: Path, **kw) -> common.TrainConfig:
