@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.rldskit-installed
 
 EDGE_VENV := .venv-edge
 
-.PHONY: demo test test-fast test-edge-alone bench clean
+.PHONY: demo test test-fast test-edge-alone fuzz bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m rldskit.demo --out demo_out
 
+# Property tests run under the fixed `ci` hypothesis profile (derandomized, no example database): one
+# commit is green or red every time. `make fuzz` explores instead (see tests/fuzzing.py).
 test: $(STAMP) test-edge-alone
-	$(PY) -m pytest -q
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+
+# Random seeds and FUZZ_SCALE (default 20) times each property test's budget; failures are kept in
+# .hypothesis/ and replayed first next time. Run it when you change a reader; turn what it finds into an
+# explicit @example next to the fix.
+FUZZ_SCALE ?= 20
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz RLDSKIT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q -m property
 
 # The edge runtime installed alone (numpy + cryptography, as on a robot) into its own venv, and its
 # standalone tests run there from outside the checkout, where rldskit cannot be imported.
@@ -30,7 +39,7 @@ test-edge-alone:
 	cd $(EDGE_VENV) && bin/python -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR)/tests_edge $(CURDIR)/tests_edge
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/validate.py

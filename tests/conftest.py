@@ -12,8 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from fuzzing import register_profiles
 from rldskit.spec import EpisodeSpec, builtin_spec_names, load_spec
 from rldskit.synth import write_synthetic
+
+register_profiles()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every hypothesis test ``property`` so ``make fuzz`` can select them (``-m property``)."""
+    from hypothesis import is_hypothesis_test
+
+    for item in items:
+        if is_hypothesis_test(getattr(item, "obj", None)):
+            item.add_marker(pytest.mark.property)
 
 #: (H, W) of every camera in the small specs; channels stay as each schema declares.
 SMALL_CAMERA = (24, 32)

@@ -25,6 +25,7 @@ import pytest
 import zstandard
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 from rldskit import archive as A
 from rldskit.archive import MANIFEST_NAME, ArchiveError, pack, unpack, verify
@@ -630,7 +631,7 @@ def mutation(draw, n: int):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(data=st.data())
 def test_mutated_archives_never_unpack_wrong_content(valid_archives, fmt, data):
     archives, expected = valid_archives

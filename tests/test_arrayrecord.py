@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 pytest.importorskip("array_record")
 
@@ -50,7 +51,7 @@ def _write(path: Path, records: list[bytes], compression: str = "uncompressed") 
 # =========================================================================== round trips
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(records=st.lists(st.binary(max_size=300), max_size=40), compression=st.sampled_from(sorted(COMPRESSIONS)))
 def test_round_trip(tmp_path_factory, records, compression):
     path = tmp_path_factory.mktemp("rt") / "r.array_record"

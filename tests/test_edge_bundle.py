@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 from edge_runtime.bundle import (MANIFEST, SIGNATURE, BundleError, build_bundle, extract_zip, generate_keypair,
                                  key_id, load_private_key, load_public_key, pack_zip, sign_bundle, trusted_key_set,
@@ -429,7 +430,7 @@ _mutation = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_mutation)
 def test_fuzz_corrupted_zips_never_verify_with_different_content(signed_zip, keys, mutation):
     original, files = signed_zip

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 from edge_runtime.gating import BatteryProvider, Gate, IdleProvider, TeleopProvider, ThermalProvider
 from edge_runtime.safety import SafetyConfigError, SafetyHead
@@ -155,7 +156,7 @@ def test_bounds_that_float32_cannot_hold_are_never_exceeded():
 _values = st.one_of(st.floats(-50, 50, allow_nan=False), st.sampled_from([np.nan, np.inf, -np.inf, 0.6, -0.2, 1.0]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(seq=st.lists(st.tuples(_values, _values), min_size=1, max_size=30),
        fallback=st.sampled_from(["hold", "zero"]), initial=st.booleans())
 def test_outputs_stay_in_bounds_and_within_max_delta(seq, fallback, initial):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 from rldskit.episode import Episode, LazyFrames, assert_episodes_equal, flatten_step, nest, rlds_flags
 from rldskit.formats.capture_dir import read_episode
@@ -88,7 +89,7 @@ def test_nest_and_flatten_are_inverse():
 # =========================================================================== RLDS flags
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(T=st.integers(min_value=0, max_value=300), terminal=st.booleans())
 def test_rlds_flags_semantics(T, terminal):
     f = rlds_flags(T, terminal)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 from PIL import Image
 
 pytest.importorskip("grain")
@@ -48,7 +49,7 @@ def _smooth(rng: np.random.Generator, h: int, w: int, c: int) -> np.ndarray:
     return np.clip(base + rng.integers(-40, 40, (h, w, c)), 0, 255).astype(np.uint8)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(h=st.integers(1, 70), w=st.integers(1, 90), quality=st.integers(5, 100),
        subsampling=st.sampled_from([0, 1, 2]), progressive=st.booleans(), seed=st.integers(0, 2**16))
 def test_simplejpeg_pixels_equal_pillows(h, w, quality, subsampling, progressive, seed):
@@ -63,7 +64,7 @@ def test_simplejpeg_pixels_equal_pillows(h, w, quality, subsampling, progressive
     np.testing.assert_array_equal(out, _pil(data, 3))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(h=st.integers(8, 120), w=st.integers(8, 160), th=st.integers(1, 64), tw=st.integers(1, 64),
        seed=st.integers(0, 2**16))
 def test_resized_decode_equals_pillows_draft_and_resize(h, w, th, tw, seed):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 from PIL import Image
 
 from rldskit.formats.capture_dir import read_episode
@@ -261,7 +262,7 @@ _hostile_line = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(st.tuples(st.integers(0, 4), _hostile_line), min_size=1, max_size=4))
 def test_hostile_catalog_lines_never_traceback(tmp_path_factory, lines):
     root = tmp_path_factory.mktemp("h")

@@ -3,6 +3,7 @@
 import json
 
 from hypothesis import given, settings, strategies as st
+from fuzzing import examples
 
 from rldskit.formats.capture_dir import _loads_line
 
@@ -20,7 +21,7 @@ def _outcome(f, line):
         return "err", type(e).__name__, str(e)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(json_values, st.sampled_from(["", " ", "\t", "\r", "x", ",{}", "\x0b", "\u00a0"]),
        st.sampled_from(["", " ", "\ufeff", "\n"]))
 def test_matches_json_loads_on_valid_and_padded_lines(value, suffix, prefix):
@@ -28,7 +29,7 @@ def test_matches_json_loads_on_valid_and_padded_lines(value, suffix, prefix):
     assert _outcome(_loads_line, line) == _outcome(json.loads, line)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=40) | st.binary(max_size=40))
 def test_matches_json_loads_on_arbitrary_text(line):
     assert _outcome(_loads_line, line) == _outcome(json.loads, line)

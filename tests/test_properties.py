@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 from helpers_capture import (assert_columns_equal, decode_image, del_path, describe, edit_lines, expected_columns, find,
                              get_path, inline_frames, logged_value, read_lines, read_meta, set_path, with_flags,
@@ -28,7 +29,7 @@ from rldskit.spec import PRESENT_SUFFIX, EpisodeSpec, Image, Scalar, Tensor, Tex
 from rldskit.synth import encode_image
 from rldskit.validation import Gates, validate, validate_paths
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=False,
+SETTINGS = settings(max_examples=examples(40), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 GATES = Gates(check_rate=False)
 DTYPES = ["float32", "float64", "int32", "int64", "uint8", "bool"]
@@ -283,7 +284,7 @@ MUTATIONS = ["nan", "out_of_bounds", "wrong_shape", "string_for_number", "missin
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
-@settings(SETTINGS, max_examples=25)
+@settings(SETTINGS, max_examples=examples(25))
 @given(case=written(min_steps=2), seed=st.integers(0, 2**32 - 1))
 def test_each_mutation_is_reported_at_its_step_and_field(mutation, case, seed):
     spec, steps, terminal, chunk_steps, compress = case

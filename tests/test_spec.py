@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 import rldskit.spec as spec_mod
 from rldskit.episode import nest
@@ -248,7 +249,7 @@ def _spec_json(draw):
             "last_step": draw(st.sampled_from(["rlds", "valid"])), "steps": steps, "episode_metadata": meta}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(obj=_spec_json())
 def test_any_valid_schema_round_trips_and_projects(obj):
     jsonschema = pytest.importorskip("jsonschema")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzzing import examples
 
 pl = pytest.importorskip("polars")
 pa = pytest.importorskip("pyarrow")
@@ -228,7 +229,7 @@ def test_quantiles_are_exact_on_random_data(donkey, tmp_path_factory):
     base = _copy(donkey, tmp_path_factory.mktemp("stats_random") / "d")
     template = pq.read_table(base / "episodes.parquet").slice(0, 1)
 
-    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+    @hypothesis.settings(max_examples=examples(25), deadline=None)
     @hypothesis.given(lengths=st_.lists(st_.integers(1, 40), min_size=1, max_size=6), seed=st_.integers(0, 2**16),
                       nan_rate=st_.sampled_from([0.0, 0.1]), ties=st_.booleans())
     def check(lengths, seed, nan_rate, ties):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from fuzzing import examples
 
 from rldskit.episode import assert_episodes_equal, nest
 from rldskit.formats.capture_dir import read_episode
@@ -134,7 +135,7 @@ def _skip_image_decoding(features):
     return prune(walk(features))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=50))
 def test_varints_round_trip_and_match_protobuf(values):
     arr = np.array(values, dtype=np.int64)
@@ -146,7 +147,7 @@ def test_varints_round_trip_and_match_protobuf(values):
     assert enc == ref
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.dictionaries(st.text(min_size=1, max_size=10),
                        st.one_of(st.tuples(st.just(BYTES), st.lists(st.binary(max_size=20), max_size=5)),
                                  st.tuples(st.just(FLOAT), st.lists(st.floats(width=32, allow_nan=False), max_size=8)),
@@ -170,7 +171,7 @@ def test_generic_features_match_tensorflow_protobuf(feats):
         assert list(back[k][1]) == (v if kind != FLOAT else list(np.array(v, dtype=np.float32)))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_hostile_bytes_raise_example_decode_error_or_decode(data):
     spec = small("pi5_donkey.v1")

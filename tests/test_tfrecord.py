@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from fuzzing import examples
 
 from rldskit.formats.tfrecord import (
     FOOTER_SIZE,
@@ -98,7 +99,7 @@ _record = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(records=st.lists(_record, max_size=12), buffer_size=st.sampled_from([1, 7, 12, 100, 70_000, 4 << 20]))
 def test_round_trip(tmp_path_factory, records, buffer_size):
     path = tmp_path_factory.mktemp("rt") / "r.tfrecord"
