@@ -6,13 +6,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rldskit-installed
 
 EDGE_VENV := .venv-edge
+# Every install below is constrained by the lock (pip-compile output): two fresh machines get the same
+# TensorFlow, TFDS, Beam, JAX, Grain and torch. pyproject.toml keeps open ranges for library users.
+# Refresh with `make lock`, then run `make test` and commit requirements-lock.txt.
+LOCK   := requirements-lock.txt
 
-.PHONY: demo test test-fast test-edge-alone fuzz bench clean
+.PHONY: demo test test-fast test-edge-alone fuzz bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[all,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,7 +39,7 @@ fuzz: $(STAMP)
 test-edge-alone:
 	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
 	rm -rf $(EDGE_VENV)/src && mkdir -p $(EDGE_VENV)/src && cp -r edge_runtime $(EDGE_VENV)/src/edge_runtime
-	$(EDGE_VENV)/bin/python -m pip install --quiet $(EDGE_VENV)/src/edge_runtime pytest hypothesis
+	$(EDGE_VENV)/bin/python -m pip install --quiet -c $(LOCK) $(EDGE_VENV)/src/edge_runtime pytest hypothesis
 	cd $(EDGE_VENV) && bin/python -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR)/tests_edge $(CURDIR)/tests_edge
 
 test-fast: $(STAMP)
@@ -43,6 +47,16 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/validate.py
+
+# Re-resolve the whole stack to the newest releases pyproject.toml allows (pip-compile, in a throwaway venv,
+# with pip's own resolver and index settings, so the CPU torch wheel on local disk is the one locked).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet pip-tools
+	.venv-lock/bin/pip-compile --quiet --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+	    --extra all --extra dev --output-file $(LOCK) pyproject.toml
+	sed -i '/^rldskit @ /d' $(LOCK)  # rldskit[...] naming itself; an absolute local path, and not a pin
+	rm -rf .venv-lock
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache .hypothesis $(EDGE_VENV)

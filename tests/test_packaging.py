@@ -19,3 +19,62 @@ def test_every_package_folder_is_listed_in_pyproject():
             continue
         found.add(mapped.get(str(rel), ".".join(rel.parts)))
     assert found <= listed, f"not shipped: {sorted(found - listed)}"
+
+
+# ----------------------------------------------------------------------------- the lock
+
+LOCK = ROOT / "requirements-lock.txt"
+
+
+def _locked() -> dict[str, str]:
+    """``{canonical name: version}`` from requirements-lock.txt (pip-compile output)."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        assert "==" in line and ";" not in line, f"{LOCK.name}: {line!r} is not an exact pin"
+        name, version = line.split("==", 1)
+        pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_lock_pins_every_direct_dependency_inside_its_pyproject_range():
+    """Every requirement of rldskit[all,dev] is pinned by the lock, at a version its range admits (so the
+    lock is not stale after someone edits pyproject.toml)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    pins = _locked()
+    for text in requirements:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        if name == "rldskit":
+            continue
+        assert name in pins, f"{LOCK.name} does not pin {req.name} (pyproject asks for {text!r}): run `make lock`"
+        assert req.specifier.contains(Version(pins[name]), prereleases=True), (
+            f"{LOCK.name} pins {req.name}=={pins[name]}, outside pyproject's {text!r}: run `make lock`")
+
+
+def test_installed_stack_is_the_locked_one():
+    """The venv the tests run in holds exactly the locked versions (make installs with ``-c`` the lock)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    wrong = []
+    for name, pinned in _locked().items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue  # a platform-specific pin this machine does not need
+        if Version(installed) != Version(pinned):
+            wrong.append(f"{name}: installed {installed}, locked {pinned}")
+    assert not wrong, "installed stack differs from requirements-lock.txt:\n" + "\n".join(wrong)
