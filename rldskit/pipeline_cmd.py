@@ -160,7 +160,9 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
                 continue
             from rldskit.stats import write_stats
 
-            path = write_stats(dataset, split="train")  # what training normalises with: the train split only
+            # describes the whole train split (held-out episodes included); the trainers never normalise
+            # with it: they compute their statistics from the training selection (trainers.common.train_stats)
+            path = write_stats(dataset, split="train")
             echo(f"[stats] {path}")
             state.record(stage, fp, {"stats": str(path)})
         elif stage == "train":

@@ -33,8 +33,9 @@ def bar_action(x: float, b: float) -> np.ndarray:
 
 def write_bar_episodes(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 3), seed: int = 0, *,
                        action: Callable[[float, float], np.ndarray] = bar_action, id_prefix: str = "bar") -> Path:
-    """Capture folders under ``root/cap`` (the action of a frame is ``action(x, b)``); returns that
-    folder."""
+    """Capture folders under ``root/cap`` (the action of a frame is ``action(x, b)``; episode
+    folders are named ``<id_prefix>_<seed>_<n>``, which is their order in the converted split);
+    returns that folder. Called again on the same ``root`` it adds episodes."""
     spec = load_spec("pi5_donkey.v1").with_image_shape("observation/image", tuple(shape))
     rng = np.random.default_rng(seed)
     logger = EpisodeLogger(root / "cap", spec, durability="none")
@@ -62,3 +63,21 @@ def bar_dataset(root: Path, episodes: int = 16, steps: int = 24, shape=(24, 32, 
     """The converted dataset version folder (step-major layout, ArrayRecord)."""
     cap = write_bar_episodes(root, episodes, steps, shape, seed, action=action, id_prefix=id_prefix)
     return convert([cap], root / "data", name=name, runner="inline", formats=("array_record",)).path
+
+
+def write_held_out_shift_episodes(root: Path, train: int = 18, held_out: int = 2, steps: int = 12,
+                                  shape=(24, 32, 3), held_out_action=(0.95, -0.9)) -> Path:
+    """Capture folders under ``root/cap``: ``train`` bar episodes followed (in split order) by
+    ``held_out`` episodes whose action is the constant ``held_out_action`` (steering, throttle),
+    far from the bars' actions. With ``train + held_out = 20`` and the default splits,
+    ``train[:90%]`` is exactly the bar episodes (``bar_*``) and ``train[90%:]`` the shifted ones
+    (``zz_held_*``). Returns ``root/cap``."""
+    write_bar_episodes(root, train, steps, shape, seed=0, id_prefix="bar")
+    const = np.asarray(held_out_action, np.float32)
+    return write_bar_episodes(root, held_out, steps, shape, seed=1, id_prefix="zz_held", action=lambda x, b: const)
+
+
+def held_out_shift_dataset(root: Path, **kw) -> tuple[Path, Path]:
+    """``(dataset version folder, capture folder)`` of :func:`write_held_out_shift_episodes`."""
+    cap = write_held_out_shift_episodes(root, **kw)
+    return convert([cap], root / "data", name="shifted", runner="inline", formats=("array_record",)).path, cap

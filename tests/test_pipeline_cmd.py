@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("grain")
 pytest.importorskip("torch")
 
+from helpers_train import write_held_out_shift_episodes  # noqa: E402
+
+from rldskit import read_episode  # noqa: E402
 from rldskit.cli import main  # noqa: E402
 from rldskit.spec import load_spec  # noqa: E402
 from rldskit.synth import write_synthetic  # noqa: E402
@@ -45,6 +49,28 @@ def test_the_whole_flow_then_a_rerun_that_skips_everything(episodes, tmp_path, c
     out = capsys.readouterr().out
     skipped = [ln for ln in out.splitlines() if ln.startswith("[") and "up to date" in ln]
     assert len(skipped) == 5, out  # validate, convert, stats, train, bundle; export re-checks the load
+
+
+def test_the_trained_policy_normalises_with_the_training_episodes_only(tmp_path, capsys):
+    """The stats stage writes ``stats.json`` over the whole train split, held-out episodes
+    included; the policy the train stage exports must be normalised by the training selection
+    (``train[:90%]``: the 18 bar episodes, not the 2 shifted held-out ones)."""
+    cap = write_held_out_shift_episodes(tmp_path / "eps", train=18, held_out=2, steps=12)
+    work = tmp_path / "work"
+    assert main(["pipeline", "--episodes", str(cap), "--out", str(work), "--name", "shifted", "--train", "torch",
+                 "--max-steps", "2", "--runner", "inline"]) == 0
+    capsys.readouterr()
+    eps = sorted(p for p in cap.iterdir() if p.is_dir())
+    actions = {p.name: np.asarray(read_episode(p).steps["action"], np.float64) for p in eps}
+    train = np.concatenate([a for k, a in actions.items() if k.startswith("bar_")])
+    whole = np.concatenate(list(actions.values()))
+    stats = json.loads((work / "data" / "shifted" / "1.0.0" / "stats.json").read_text())
+    np.testing.assert_allclose(stats["action"]["mean"], whole.mean(0), rtol=1e-6)  # the file covers everything
+    norm = json.loads((work / "runs" / "policy" / "export" / "policy.json").read_text())["normalization"]
+    np.testing.assert_allclose(norm["features"]["action"]["shift"], train.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(norm["features"]["action"]["scale"], train.std(0), rtol=1e-5, atol=1e-7)
+    assert np.abs(train.mean(0) - whole.mean(0)).min() > 0.05
+    assert (norm["statistics"]["split"], norm["statistics"]["episodes"]) == ("train[:90%]", 18)
 
 
 def test_stages_that_are_off_say_what_would_run(episodes, tmp_path, capsys):

@@ -29,7 +29,8 @@ names above) and ``policy.json``::
      "inputs": {"cameras": {path: {"shape": [h, w, c], "source_shape": [H, W, C], "resize": "area"}},
                 "state": {path: {"shape": [...], "names": [...], "unit": ...}}},
      "outputs": {"action": {"shape": [K, A], "names": [...], "bounds": [[lo, hi], ...], "unit": ...}},
-     "normalization": {"mode": "mean_std", "features": {path: {"shift": [...], "scale": [...]}}},
+     "normalization": {"mode": "mean_std", "features": {path: {"shift": [...], "scale": [...]}},
+                       "statistics": {"split", "episodes", "steps", ...}},   # the training selection only
      "dataset": {"name", "version", "spec_id", "path"}, "trainer": {"framework", "config", "step"},
      "evidence": {...}}
 
@@ -59,7 +60,7 @@ from rldskit._io import atomic_write_bytes, fsync_dir
 __all__ = ["TrainConfig", "PRESETS", "load_config", "config_to_dict", "PolicyIO", "policy_io", "make_loader",
            "batch_arrays", "architecture", "policy_document", "conv_out_size", "same_padding", "encoder_out_dim", "write_export", "read_export", "EXPORT_WEIGHTS", "EXPORT_POLICY",
            "Checkpoints", "Mirror", "LocalMirror", "HubMirror", "open_mirror", "PreemptionGuard", "MetricsWriter",
-           "select_trainer", "atomic_write_bytes", "atomic_write_json", "ConfigError"]
+           "select_trainer", "atomic_write_bytes", "atomic_write_json", "ConfigError", "train_stats", "SELECTION_KEY"]
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_POLICY = "policy.json"
@@ -268,8 +269,8 @@ def policy_io(spec, action_key: str = "action") -> PolicyIO:
 def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = True, num_epochs: int | None = None,
                 seed: int | None = None, batch_size: int | None = None, drop_remainder: bool = True):
     """The rldskit windows loader a trainer reads: ``history`` frames of every camera (resized to
-    ``image_size``) and state key, ``action_horizon`` actions, mean/std normalised floats (the
-    dataset's ``stats.json`` or its train split's statistics), no debug keys."""
+    ``image_size``) and state key, ``action_horizon`` actions, mean/std normalised floats
+    (statistics of the training selection only: :func:`train_stats`), no debug keys."""
     from rldskit.loaders import StepIndex, windows
 
     index = StepIndex.load(cfg.data, _base_split(cfg.train_split))  # the spec, and the normalisation statistics
@@ -282,20 +283,41 @@ def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = T
                    drop_remainder=drop_remainder)
 
 
-def train_stats(cfg: TrainConfig, index=None) -> dict[str, Any] | str:
-    """The normalisation statistics: the dataset's ``stats.json`` (its path) when it has one, else
-    the statistics of the training selection only (``cfg.train_split``, e.g. ``train[:90%]``), so
-    the held-out episodes do not leak into them. ``index``: the train split's
-    :class:`~rldskit.loaders.StepIndex` when the caller has it already."""
-    from rldskit.loaders import STATS_FILE, StepIndex, compute_stats
+#: key of :func:`train_stats`' record of the selection it covers (a dict, like every value of a
+#: ``stats.json`` mapping; the :class:`~rldskit.loaders.Normalizer` reads only feature keys)
+SELECTION_KEY = "_selection"
+
+
+def train_stats(cfg: TrainConfig, index=None) -> dict[str, Any]:
+    """The normalisation statistics a run trains with: ``mean``/``std``/``min``/``max``/``count``
+    (:func:`rldskit.loaders.compute_stats`) of the training selection ``cfg.train_split`` (e.g.
+    ``train[:90%]``) only, always computed from its steps, so the held-out episodes
+    (``cfg.eval_split``) never shape the normalisation. A ``stats.json`` beside the data is **not**
+    used: ``rldskit stats`` and ``rldskit pipeline`` write it over a whole split (held-out
+    episodes included) to describe the dataset. Under :data:`SELECTION_KEY` the result records the
+    selection it covers: ``split``, ``episodes``, ``steps``, ``first_episode``/``last_episode``
+    (ids) and ``episode_ids_sha256`` (sha256 of the ids joined by newlines); ``policy.json``
+    carries it as ``normalization.statistics``. ``index``: the train split's
+    :class:`~rldskit.loaders.StepIndex` when the caller has it already. Raises ``ValueError`` when
+    the selection has no steps."""
+    import hashlib
+
+    from rldskit.loaders import StepIndex, compute_stats
     from rldskit.loaders.grain import _resolve_slice, parse_split
 
     base, sl = parse_split(cfg.train_split)
     index = index if index is not None else StepIndex.load(cfg.data, base)
-    if (index.path / STATS_FILE).is_file():
-        return str(index.path / STATS_FILE)
     positions = index.select(_resolve_slice(sl, index.num_episodes, cfg.train_split))
-    return compute_stats(index, steps=index.steps_of(positions))
+    steps = index.steps_of(positions)
+    if len(steps) == 0:
+        raise ValueError(f"{index.path}: train_split {cfg.train_split!r} selects no steps to compute the "
+                         "normalisation statistics from")
+    ids = [str(index.episodes["episode_id"][int(p)]) for p in positions]
+    stats: dict[str, Any] = compute_stats(index, steps=steps)
+    stats[SELECTION_KEY] = {"split": cfg.train_split, "episodes": len(ids), "steps": int(len(steps)),
+                            "first_episode": ids[0], "last_episode": ids[-1],
+                            "episode_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    return stats
 
 
 def _base_split(split: str) -> str:
@@ -367,6 +389,9 @@ def policy_document(cfg: TrainConfig, io: PolicyIO, normalizer, *, framework: st
                     dataset: Mapping[str, Any], evidence: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``policy.json`` for an export (``normalizer``: the loader's :class:`~rldskit.loaders.Normalizer`)."""
     norm = normalizer.to_dict() if normalizer is not None else {"mode": None, "features": {}}
+    selection = normalizer.stats.get(SELECTION_KEY) if normalizer is not None else None
+    if isinstance(selection, Mapping):
+        norm["statistics"] = dict(selection)  # which episodes the shift/scale were computed over
     cams = {c: {"shape": [*cfg.image_size, s[2]], "source_shape": list(s), "resize": "area"}
             for c, s in zip(io.cameras, io.camera_shapes)}
     state = {k: {"shape": [d]} for k, d in zip(io.state_keys, io.state_dims)}
