@@ -294,3 +294,116 @@ def write_monorepo(root: Path) -> dict:
             "alice/place": write_v21(root / "alice" / "place", (3,), tasks=("place it",)),
             "bob/stack": write_v30(root / "bob" / "stack", (3, 4), data_split=(2,), cameras=("observation.images.top",),
                                    video_split={"observation.images.top": (1, 1)})}
+
+
+# --------------------------------------------------------------------------- rldskit exports, old and new
+
+_QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+
+
+def _stats(x: np.ndarray) -> dict[str, list]:
+    """LeRobot stats of ``x`` (N, ...) over axis 0 as rldskit exports always wrote them."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
+    for k, q in _QUANTILES.items():
+        out[k] = np.quantile(x, q, axis=0)
+    return {k: v.tolist() for k, v in out.items()}
+
+
+def make_old_style_export(new: Path, old: Path) -> None:
+    """Rewrite the rldskit LeRobot export ``new`` into ``old`` the way exports were written before
+    issue 12: image presence masks as ``observation.images.<cam>_present``, ``rldskit.timestamp.*``
+    as absolute float64 seconds, no ``rldskit.timestamp_start`` column (data, features, stats and
+    meta/episodes), no ``timestamps`` section, ``source`` as a path string, and 0 as the ``min`` of a
+    camera absent from a whole episode. (Checked once against the exporter of commit e8d349e: every
+    parquet, stats and info file equal but ``source``, every mp4 byte-identical.)"""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(new, old)
+    info = json.loads((old / "meta" / "info.json").read_text())
+    mapping = info["rldskit"]
+    start_key = mapping["timestamps"]["start_column"]
+    rename, offsets = {}, []
+    for e in mapping["columns"]:
+        if e.get("mask_of"):
+            rename[e["key"]] = e.pop("mask_of") + "_present"
+            e["key"] = rename[e["key"]]
+        if e.pop("encoding", None) == "offset":
+            offsets.append(e["key"])
+    del mapping["timestamps"]
+    mapping["source"] = str(Path(new).absolute())
+    info["features"] = {rename.get(k, k): v for k, v in info["features"].items() if k != start_key}
+    (old / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+
+    absolute: dict[str, list[np.ndarray]] = {k: [] for k in offsets}
+    per_episode: dict[int, dict[str, np.ndarray]] = {}
+    for f in sorted((old / "data").glob("chunk-*/file-*.parquet")):
+        t = pq.read_table(f)
+        start = t.column(start_key).to_numpy().astype(np.float64)
+        ep = t.column("episode_index").to_numpy()
+        cols, fields = [], []
+        for field in t.schema:
+            if field.name == start_key:
+                continue
+            col = t.column(field.name)
+            if field.name in offsets:
+                off = col.to_numpy()
+                v = np.where(np.isfinite(off) & (start != 0), start + off, off)
+                absolute[field.name].append(v)
+                for i in np.unique(ep):
+                    per_episode.setdefault(int(i), {})[field.name] = v[ep == i]
+                col = pa.array(v, pa.float64())
+            fields.append(pa.field(rename.get(field.name, field.name), field.type))
+            cols.append(col)
+        pq.write_table(pa.Table.from_arrays(cols, schema=pa.schema(fields)), f)
+
+    stats = json.loads((old / "meta" / "stats.json").read_text())
+    stats = {rename.get(k, k): v for k, v in stats.items() if k != start_key}
+    for k in offsets:
+        stats[k] = _stats(np.concatenate(absolute[k]))
+    (old / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
+
+    for f in sorted((old / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        rows = pq.read_table(f).to_pylist()
+        new_rows = []
+        for r in rows:
+            out = {}
+            for k, v in r.items():
+                if k == "rldskit/timestamp_start" or k.startswith(f"stats/{start_key}/"):
+                    continue
+                if k.startswith("stats/"):
+                    feat, stat = k[len("stats/"):].rsplit("/", 1)
+                    if feat in offsets:
+                        v = _stats(per_episode[int(r["episode_index"])][feat])[stat]
+                    if stat == "min" and info["features"].get(feat, {}).get("dtype") == "video" \
+                            and r[f"stats/{feat}/count"] == [0]:
+                        v = np.zeros_like(np.asarray(v, np.float64)).tolist()  # a camera absent all episode: 0
+                    k = f"stats/{rename.get(feat, feat)}/{stat}"
+                out[k] = v
+            new_rows.append(out)
+        pq.write_table(pa.Table.from_pylist(new_rows), f)
+
+
+def dataset_digest(root: Path) -> str:
+    """The identity digest of a converted dataset as the LeRobot exporter records it, computed
+    here from its definition: sha256 over ``<relative path>\\0<size>\\0<sha256>\\n`` lines, in
+    path order, of the metadata files when ``manifest.json`` exists (it holds every shard's
+    sha256), else of every file (hidden ones left out)."""
+    import hashlib
+
+    root = Path(root)
+    if (root / "manifest.json").is_file():
+        files = [root / n for n in ("dataset_info.json", "episodes.parquet", "features.json", "manifest.json",
+                           "rldskit_spec.json")
+                 if (root / n).is_file()]
+    else:
+        files = [p for p in root.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    h = hashlib.sha256()
+    for p in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        data = p.read_bytes()
+        h.update(f"{p.relative_to(root).as_posix()}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return h.hexdigest()

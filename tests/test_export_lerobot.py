@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,11 @@ pd = pytest.importorskip("pandas")
 av = pytest.importorskip("av")
 PIL = pytest.importorskip("PIL.Image")
 
+import helpers_lerobot as hl  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from fuzzing import examples  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import rldskit  # noqa: E402
 from rldskit.exporters import lerobot as L  # noqa: E402
@@ -116,7 +121,7 @@ def test_info_json_arm(arm_out):
         assert v["dtype"] == "video" and v["shape"] == [32, 48, 3] and v["names"] == ["height", "width", "channels"]
         assert v["info"]["video.fps"] == 30 and v["info"]["video.pix_fmt"] == "yuv420p"
         assert v["info"]["video.codec"] in ("av1", "h264", "mpeg4")
-    assert f["observation.images.wrist_present"]["dtype"] == "bool"
+    assert f["rldskit.present.wrist"]["dtype"] == "bool"  # outside observation., no "image" in it
     assert f["observation.state"] == {"dtype": "float32", "shape": [13], "names": [
         *(f"joint_position.{n}" for n in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "wrist_yaw")),
         *(f"joint_velocity.{n}" for n in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "wrist_yaw")),
@@ -262,8 +267,8 @@ def test_round_trip_arm(arm, arm_out):
     worst = _check_round_trip(arm, arm_out)
     print(f"arm ({_info(arm_out)['rldskit']['codec']}): worst episode image MAE {worst:.2f}")
     eps = list(L.read_lerobot_v3(arm_out))
-    assert not eps[0]["columns"]["observation.images.wrist_present"].any()  # wrist absent in episode 0
-    assert eps[1]["columns"]["observation.images.wrist_present"].all()
+    assert not eps[0]["columns"]["rldskit.present.wrist"].any()  # wrist absent in episode 0
+    assert eps[1]["columns"]["rldskit.present.wrist"].all()
 
 
 def test_round_trip_donkey(donkey, donkey_out):
@@ -366,3 +371,274 @@ def test_rlds_to_lerobot_to_rlds_through_the_cli(tmp_path):
     actions_back = sorted(np.asarray(e.steps["action"], np.float32).tobytes() for e in got)
     actions_orig = sorted(np.asarray(e.steps["action"], np.float32).tobytes() for e in want)
     assert actions_back == actions_orig
+
+
+# ----------------------------------------------------------------------------------- what the real lerobot expects
+#
+# lerobot is not a dependency, so its rules are reproduced here from its source (lerobot 0.4.4,
+# src/lerobot/datasets/...), each function naming the one it copies.
+
+def _lerobot_validate_stat_value(value, key: str, feature_key: str) -> None:
+    """lerobot 0.4.4 ``datasets/compute_stats.py::_validate_stat_value``, which
+    ``aggregate_stats`` runs on every stat of every feature (``delete_episodes``,
+    ``split_dataset``, ``merge_datasets``, ``MultiLeRobotDataset``, ``save_episode``)."""
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"Stats must be composed of numpy array, but key '{key}' of feature '{feature_key}' "
+                         f"is of type '{type(value)}' instead.")
+    if value.ndim == 0:
+        raise ValueError("Number of dimensions must be at least 1, and is 0 instead.")
+    if key == "count" and value.shape != (1,):
+        raise ValueError(f"Shape of 'count' must be (1), but is {value.shape} instead.")
+    if "image" in feature_key and key != "count" and value.shape != (3, 1, 1):
+        raise ValueError(f"Shape of quantile '{key}' must be (3,1,1), but is {value.shape} instead.")
+
+
+def _lerobot_aggregate_stats(stats_list: list[dict]) -> dict:
+    """lerobot 0.4.4 ``datasets/compute_stats.py::aggregate_stats`` (with
+    ``_assert_type_and_shape`` and ``aggregate_feature_stats``)."""
+    for stats in stats_list:
+        for fk, fs in stats.items():
+            for sk, sv in fs.items():
+                _lerobot_validate_stat_value(sv, sk, fk)
+    out = {}
+    for key in {k for s in stats_list for k in s}:
+        fl = [s[key] for s in stats_list if key in s]
+        means = np.stack([s["mean"] for s in fl])
+        variances = np.stack([s["std"] ** 2 for s in fl])
+        counts = np.stack([s["count"] for s in fl])
+        total = counts.sum(axis=0)
+        while counts.ndim < means.ndim:
+            counts = np.expand_dims(counts, axis=-1)
+        mean = (means * counts).sum(axis=0) / total
+        var = ((variances + (means - mean) ** 2) * counts).sum(axis=0) / total
+        out[key] = {"min": np.min(np.stack([s["min"] for s in fl]), axis=0),
+                    "max": np.max(np.stack([s["max"] for s in fl]), axis=0),
+                    "mean": mean, "std": np.sqrt(var), "count": total}
+    return out
+
+
+def _lerobot_episode_stats(out: Path) -> list[dict]:
+    """Per-episode stats as lerobot 0.4.4 reads them back from ``meta/episodes`` before
+    aggregating (``datasets/dataset_tools.py::_copy_and_reindex_episodes_metadata``: pandas rows,
+    ``stats/<feature>/<stat>`` columns, nested image values flattened to (3, 1, 1))."""
+    features = _info(out)["features"]
+    res = []
+    for _, row in _episodes(out).iterrows():
+        ep: dict = {}
+        for key, value in row.to_dict().items():
+            if not key.startswith("stats/"):
+                continue
+            parts = key.replace("stats/", "").split("/")
+            if len(parts) != 2:
+                continue
+            feature, stat = parts
+            if feature in features and features[feature]["dtype"] in ("image", "video") and stat != "count":
+                if isinstance(value, np.ndarray) and value.dtype == object:
+                    flat = []
+                    for item in value:
+                        while isinstance(item, np.ndarray):
+                            item = item.flatten()[0]
+                        flat.append(item)
+                    value = np.array(flat, dtype=np.float64).reshape(3, 1, 1)
+                elif isinstance(value, np.ndarray) and value.shape == (3,):
+                    value = value.reshape(3, 1, 1)
+            ep.setdefault(feature, {})[stat] = value
+        res.append(ep)
+    return res
+
+
+def _lerobot_policy_feature_type(key: str, ft: dict) -> str | None:
+    """lerobot 0.4.4 ``datasets/utils.py::dataset_to_policy_features``: how a policy sees a feature
+    (``OBS_STR = "observation"``, ``ACTION = "action"``, ``OBS_ENV_STATE``)."""
+    if ft["dtype"] in ("image", "video"):
+        return "VISUAL"
+    if key == "observation.environment_state":
+        return "ENV"
+    if key.startswith("observation"):
+        return "STATE"
+    if key.startswith("action"):
+        return "ACTION"
+    return None
+
+
+def test_lerobot_stats_aggregation_accepts_the_export(arm_out):
+    """What broke ``delete_episodes``/``merge_datasets``/... : ``aggregate_stats`` over the per-episode
+    stats and over stats.json (as ``load_stats``/``cast_stats_to_numpy`` reads it: ``np.array`` per
+    value). The aggregate of the per-episode stats matches our exact global stats."""
+    per_episode = _lerobot_episode_stats(arm_out)
+    agg = _lerobot_aggregate_stats(per_episode)
+    stats = {k: {s: np.array(v) for s, v in d.items()} for k, d in
+             json.loads((arm_out / "meta" / "stats.json").read_text()).items()}
+    _lerobot_aggregate_stats([stats, stats])
+    assert set(agg) == set(stats)
+    for key, s in agg.items():
+        assert s["count"].tolist() == stats[key]["count"].tolist(), key
+        np.testing.assert_array_equal(s["min"], stats[key]["min"], err_msg=key)
+        np.testing.assert_array_equal(s["max"], stats[key]["max"], err_msg=key)
+        np.testing.assert_allclose(s["mean"], stats[key]["mean"], rtol=1e-9, atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(s["std"], stats[key]["std"], rtol=1e-6, atol=1e-9, err_msg=key)
+
+
+def test_feature_keys_follow_lerobots_rules(arm_out):
+    """Only cameras have "image" in their key (lerobot's stats rule), presence masks live outside
+    ``observation.`` (a policy would take them as state), every dtype is one lerobot can build."""
+    f = _info(arm_out)["features"]
+    for key, ft in f.items():
+        if "image" in key:
+            assert ft["dtype"] in ("image", "video"), key
+        assert ft["dtype"] in ("image", "video", "string") or np.dtype(ft["dtype"]), key
+    assert f["rldskit.present.wrist"] == {"dtype": "bool", "shape": [1], "names": None}
+    assert not any(k.endswith("_present") and k.startswith("observation.images") for k in f)
+    state = {k for k, ft in f.items() if _lerobot_policy_feature_type(k, ft) == "STATE"}
+    assert state == {"observation.state"}
+    data = _data(arm_out)
+    assert data.schema.field("rldskit.present.wrist").type == pa.bool_()
+
+
+def _image_named_spec():
+    """A camera called ``image`` that may be absent, and a number with "image" in its name."""
+    from rldskit.spec import EpisodeSpec
+
+    d = load_spec("so100_arm.v1").to_dict()
+    imgs = d["steps"]["observation"]["images"]
+    imgs["image"] = dict(imgs.pop("wrist"))
+    d["steps"]["observation"]["image_exposure"] = {"type": "scalar", "dtype": "int32"}
+    d["steps"]["timestamp"]["camera_image"] = {"type": "scalar", "dtype": "float64", "unit": "s"}
+    d["name"] = "img_names"  # synthetic steps from the spec alone (not the so100 generator)
+    spec = EpisodeSpec.from_dict(d, source="test")
+    for p in spec.image_paths:
+        spec = spec.with_image_shape(p, CAM)
+    return spec
+
+
+def test_keys_with_image_in_them_are_renamed_and_come_back(tmp_path):
+    spec = _image_named_spec()
+    write_synthetic(spec, tmp_path / "cap", 2, 4, seed=5)
+    src = convert([tmp_path / "cap"], tmp_path / "data", name="img", runner="inline", formats=("array_record",)).path
+    L.export_lerobot(src, tmp_path / "lr")
+    f = _info(tmp_path / "lr")["features"]
+    assert [k for k in f if "image" in k] == ["observation.images.front", "observation.images.image"]
+    for k in ("rldskit.present.img", "observation.img_exposure", "rldskit.timestamp.camera_img"):
+        assert k in f, sorted(f)
+    _lerobot_aggregate_stats(_lerobot_episode_stats(tmp_path / "lr"))
+    _check_round_trip(src, tmp_path / "lr")
+
+
+def test_colliding_keys_are_refused(tmp_path):
+    from rldskit.spec import EpisodeSpec
+
+    d = _donkey_spec().to_dict()
+    d["steps"]["observation"]["image_x"] = {"type": "scalar", "dtype": "int32"}
+    d["steps"]["observation"]["img_x"] = {"type": "scalar", "dtype": "int32"}
+    spec = EpisodeSpec.from_dict(d, source="test")
+    with pytest.raises(L.LeRobotExportError, match="observation/image_x.*observation/img_x|observation/img_x.*observation/image_x"):
+        L._plan_columns(spec, None)
+
+
+# ----------------------------------------------------------------------------------- timestamps
+
+#: what the exporter promises for a float32 view of an offset o: |error| <= |o| * 2**-24
+F32_REL = 2.0 ** -24
+
+
+def test_timestamps_are_offsets_from_the_episode_start(arm, arm_out):
+    """``rldskit.timestamp.*`` hold seconds since the episode's start (whole seconds, per frame in
+    ``rldskit.timestamp_start`` and per episode in meta/episodes), so lerobot's float32 view of
+    them (``torch.tensor`` of a Python float) stays within the stated precision; a float32 view of
+    the absolute times is up to 64 s off."""
+    info = _info(arm_out)
+    f = info["features"]
+    assert f["rldskit.timestamp_start"] == {"dtype": "int64", "shape": [1], "names": None}
+    data = _data(arm_out).to_pandas()
+    eps = _episodes(arm_out)
+    originals = list(rldskit.open(arm).episodes("train"))
+    for ep, (_, row) in zip(originals, eps.iterrows()):
+        rows = data[data["episode_index"] == row["episode_index"]]
+        start = rows["rldskit.timestamp_start"].to_numpy()
+        assert (start == start[0]).all() and row["rldskit/timestamp_start"] == float(start[0])
+        t0 = min(float(np.min(ep.steps[p])) for p in ep.steps if p.startswith("timestamp/"))
+        assert start[0] == math.floor(t0)
+        for path in ("timestamp/control", "timestamp/camera_front", "timestamp/joints"):
+            key = "rldskit." + path.replace("/", ".")
+            assert f[key]["dtype"] == "float64"
+            off = rows[key].to_numpy()
+            truth = np.asarray(ep.steps[path], np.float64)
+            assert off.min() >= 0 and off.max() < 2.0
+            np.testing.assert_array_equal(start + off, truth)  # the file is exact
+            as_lerobot = np.asarray(off, np.float32).astype(np.float64)  # what lerobot hands out
+            assert np.all(np.abs(as_lerobot - off) <= np.abs(off) * F32_REL), path
+            # absolute times rebuilt from lerobot's view: that, plus float64's own resolution at t
+            assert np.all(np.abs(start + as_lerobot - truth) <= np.abs(off) * F32_REL + np.spacing(truth)), path
+            assert np.abs(np.float32(truth).astype(np.float64) - truth).max() > 100 * np.abs(off).max() * F32_REL
+    assert "rldskit.timestamp_start" in json.loads((arm_out / "meta" / "stats.json").read_text())
+
+
+@settings(max_examples=examples(200))
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                          st.floats(1.6e9, 1.9e9), st.floats(-1e4, 1e4)), min_size=1, max_size=12),
+       st.integers(1, 3))
+def test_offset_encoding_is_exact_and_float32_close(values, n_cols):
+    """Any float64 times (NaN, inf, -0.0, negative, Unix) come back bit-exact from start + offset;
+    when the start is not 0 the offsets run from 0 to the episode's span (+ < 1 s), and a float32
+    view of an offset o is within |o| * 2**-24 of it."""
+    cols = [np.asarray(values[i::n_cols] or values[:1], np.float64) for i in range(n_cols)]
+    start = L.timestamp_start(cols)
+    assert isinstance(start, int)
+    finite = np.concatenate([c[np.isfinite(c)] for c in cols])
+    for c in cols:
+        off = L.encode_offsets(c, start)
+        assert off.dtype == np.float64
+        back = L.decode_offsets(off, np.full(len(off), start, np.int64))
+        assert back.view(np.uint64).tolist() == c.view(np.uint64).tolist()
+        fin = np.isfinite(c)
+        assert np.array_equal(np.isfinite(off), fin)
+        if start != 0:
+            assert (off[fin] >= 0).all() and (off[fin] <= np.nextafter(finite.max() - finite.min() + 1, np.inf)).all()
+        o = off[fin & (np.abs(off) < 3e38)]
+        assert np.all(np.abs(np.asarray(o, np.float32).astype(np.float64) - o) <= np.abs(o) * F32_REL + 2.0 ** -150)
+
+
+# ----------------------------------------------------------------------------------- old exports
+
+def test_old_style_export_still_reads(arm, arm_out, tmp_path):
+    """An export written before masks moved and timestamps became offsets (built here the old way:
+    ``observation.images.<cam>_present``, absolute float64 ``rldskit.timestamp.*``, no start
+    column) reads back exactly."""
+    old = tmp_path / "old"
+    hl.make_old_style_export(arm_out, old)
+    f = _info(old)["features"]
+    assert "observation.images.wrist_present" in f and "rldskit.present.wrist" not in f
+    assert "rldskit.timestamp_start" not in f
+    assert _data(old).to_pandas()["rldskit.timestamp.control"].min() > 1e9
+    _check_round_trip(arm, old)
+
+
+# ----------------------------------------------------------------------------------- no local paths
+
+def _files_containing(root: Path, needles: list[str]) -> list[str]:
+    hits = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            hits += [f"{p.relative_to(root)}: {n}" for n in needles if n.encode() in data]
+    return hits
+
+
+def test_no_absolute_source_path_in_the_export(arm, tmp_path):
+    """info.json names the source relative to its TFDS data dir (``<name>/<version>``) with a
+    digest for identity; no exported file holds the absolute path given on the command line."""
+    src = Path(arm).absolute()
+    assert _cli(["lerobot", str(src), "--out", str(tmp_path / "lr")]) == 0
+    needles = sorted({str(src), str(src.resolve()), str(src.parent.parent), str(src.resolve().parent.parent)})
+    assert _files_containing(tmp_path / "lr", needles) == []
+    s = _info(tmp_path / "lr")["rldskit"]["source"]
+    assert s["name"] == f"{src.parent.name}/{src.name}"
+    assert s["sha256"] == hl.dataset_digest(src) and len(s["sha256"]) == 64
+    # the digest follows the content, not the location
+    import shutil
+
+    moved = tmp_path / "elsewhere" / src.parent.name / src.name
+    shutil.copytree(src, moved)
+    assert hl.dataset_digest(moved) == s["sha256"] == L.source_identity(moved)["sha256"]
+    (moved / "manifest.json").write_text((moved / "manifest.json").read_text() + " ")
+    assert L.source_identity(moved)["sha256"] != s["sha256"]

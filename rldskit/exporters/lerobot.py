@@ -16,16 +16,37 @@ Feature mapping (recorded under ``info.json["rldskit"]["columns"]`` so the way b
   ``observation/*`` leaves -> ``observation.<path with dots>``.
 * images ``observation/.../<cam>`` -> video ``observation.images.<cam>``. A frame that is absent
   (optional camera: ``<cam>_present`` False, or empty bytes) is written as a black frame and the
-  mask is kept as the bool column ``observation.images.<cam>_present``. Image stats (``(C,1,1)``,
-  values in [0, 1], as LeRobot) are computed from the source JPEG/PNG frames that are present.
+  mask is kept as the bool column ``rldskit.present.<cam>`` (outside ``observation.``, so no
+  policy takes it as a state input; before issue 12 it was ``observation.images.<cam>_present``,
+  which :func:`read_lerobot_v3` and the importer still read). Image stats (``(C,1,1)``, values in
+  [0, 1], as LeRobot) are computed from the source JPEG/PNG frames that are present.
 * ``action`` -> ``action``; ``reward`` -> ``next.reward``; ``is_terminal`` -> ``next.done``.
 * every other step leaf keeps its value as ``rldskit.<path with dots>`` (``rldskit.discount``,
   ``rldskit.is_first``, ``rldskit.is_last``, ``rldskit.is_terminal``, ``rldskit.timestamp.control``...).
+* only cameras have ``image`` in their key: LeRobot takes any feature whose key contains
+  ``"image"`` for a camera (``compute_stats._validate_stat_value`` then wants ``(3,1,1)`` stats and
+  every tool that aggregates stats fails), so in other keys ``image`` is written ``img``
+  (``observation/image_exposure`` -> ``observation.img_exposure``); two leaves that would share a
+  key are refused.
+* float64 ``timestamp/*`` leaves -> ``rldskit.timestamp.<name>`` as float64 **offsets** in seconds
+  from the episode's start, which is kept per frame in the int64 column ``rldskit.timestamp_start``
+  (whole seconds: the floor of the episode's earliest timestamp) and per episode in meta/episodes
+  (``rldskit/timestamp_start``, float64). ``start + offset`` is the original float64 bit for bit
+  (checked while writing; non-finite values are stored as they are; an episode where it would not
+  be exact, e.g. negative times spanning many orders of magnitude, gets start 0). LeRobot hands
+  floats out as float32 (``torch.tensor`` of a Python float): that view of an offset ``o`` is
+  within ``|o| * 2**-24`` of it, i.e. <= 31 us for offsets under 512 s and <= 0.25 ms under an
+  hour (absolute float32 Unix times were off by up to 64 s). The per-frame copy of the start
+  survives LeRobot's own editing tools (``delete_episodes``, ``split_dataset``,
+  ``merge_datasets`` rewrite meta/episodes with their own columns only).
 * ``task_key`` (default ``language_instruction``) -> the task (``task_index`` per frame,
   ``meta/tasks.parquet``); without it, the episode's ``task`` metadata, else ``default_task``.
 * LeRobot's own columns: ``timestamp`` (float32, ``frame_index / fps``), ``frame_index``,
   ``episode_index``, ``index`` (global), ``task_index``.
 * episode metadata -> ``rldskit/episode_id`` and ``rldskit/metadata`` (JSON) in the episodes parquet.
+* the source is recorded in ``info.json["rldskit"]["source"]`` as ``{"name": "<name>/<version>",
+  "sha256": ...}`` (its path relative to its TFDS data dir, and a content digest, see
+  :func:`source_identity`), never as the local path given on the command line.
 
 Limits: tensors with unknown dimensions are refused; RGBA/grey frames are stored as RGB (grey
 comes back exactly up to codec error, alpha is dropped); odd frame sizes are padded to even
@@ -34,6 +55,7 @@ comes back exactly up to codec error, alpha is dropped); odd frame sizes are pad
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -48,7 +70,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["export_lerobot", "read_lerobot_v3", "add_export_parser", "pick_codec", "LeRobotExportError"]
+__all__ = ["export_lerobot", "read_lerobot_v3", "add_export_parser", "pick_codec", "LeRobotExportError",
+           "source_identity", "timestamp_start", "encode_offsets", "decode_offsets", "episode_timestamp_start",
+           "PRESENT_PREFIX",
+           "TIMESTAMP_START"]
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -61,6 +86,14 @@ CODEC_PREFERENCE = ("libsvtav1", "libaom-av1", "libx264", "h264", "mpeg4")
 _CODEC_FAMILY = {"libsvtav1": "av1", "libaom-av1": "av1", "libdav1d": "av1", "av1": "av1", "libx264": "h264",
                  "h264": "h264", "libx265": "hevc", "hevc": "hevc", "mpeg4": "mpeg4"}
 LEROBOT_BASE = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+#: key prefix of the image presence masks (``rldskit.present.<cam>``)
+PRESENT_PREFIX = "rldskit.present."
+#: per-frame int64 column holding the episode's timestamp start (whole seconds)
+TIMESTAMP_START = "rldskit.timestamp_start"
+#: the same start, per episode, in meta/episodes (float64 seconds)
+TIMESTAMP_START_EPISODES = "rldskit/timestamp_start"
+#: files of a converted dataset whose digest identifies it when it has a manifest.json
+_IDENTITY_FILES = ("dataset_info.json", "episodes.parquet", "features.json", "manifest.json", "rldskit_spec.json")
 
 
 class LeRobotExportError(ValueError):
@@ -126,7 +159,8 @@ def _plan_columns(spec, task_key: str | None) -> list[dict[str, Any]]:
         shape = [int(d) for d in shape]
         dtype = str(leaf.dtype)
         if path in present_of_image:
-            key = "observation.images." + spec.camera_name(present_of_image[path]) + "_present"
+            key = PRESENT_PREFIX + spec.camera_name(present_of_image[path])
+            entry["mask_of"] = "observation.images." + spec.camera_name(present_of_image[path])
         elif path == "action":
             key = "action"
         elif path == "reward":
@@ -154,9 +188,25 @@ def _plan_columns(spec, task_key: str | None) -> list[dict[str, Any]]:
             key = "rldskit." + _dotted(path)
         names = list(getattr(leaf, "names", None) or []) or None
         entry.update(kind="column", key=key, dtype=dtype, shape=shape, names=names)
+        if path.startswith("timestamp/") and dtype == "float64" and not shape:
+            entry["encoding"] = "offset"  # seconds since the episode's TIMESTAMP_START
         plan.append(entry)
         if path == "is_terminal":  # also kept under its own name, as the brief of the format asks
             plan.append({**entry, "path": path, "key": "rldskit.is_terminal", "alias": True})
+    # LeRobot takes every feature whose key contains "image" for a camera: keep it to cameras
+    for e in plan:
+        if e["kind"] != "video" and "image" in e["key"]:
+            e["key"] = e["key"].replace("image", "img")
+    owner: dict[str, str] = {k: "LeRobot's own column" for k in LEROBOT_BASE + (TIMESTAMP_START,)}
+    if any(e["kind"] == "state" for e in plan):
+        owner["observation.state"] = "the state vector"
+    for e in plan:
+        if e["kind"] in ("state", "task") or e.get("alias"):
+            continue
+        if e["key"] in owner:
+            raise LeRobotExportError(f"{owner[e['key']]} and {e['path']} would both be the LeRobot feature "
+                                     f"{e['key']!r}: rename one of them in the spec")
+        owner[e["key"]] = e["path"]
     return plan
 
 
@@ -169,6 +219,74 @@ def _arrow_type(dtype: str, shape: list[int]):
 
     base = pa.string() if dtype == "string" else pa.from_numpy_dtype(np.dtype(dtype))
     return base if not shape else pa.list_(base, int(np.prod(shape)))
+
+
+# ----------------------------------------------------------------------------------- timestamps
+
+def timestamp_start(columns: list[np.ndarray]) -> int:
+    """The start of an episode for its timestamp offsets: the floor (whole seconds) of the earliest
+    finite value of ``columns`` (float64 seconds, any shapes), or 0 when there is none or when
+    ``start + (t - start)`` would not give some ``t`` back bit for bit (negative times far apart)."""
+    finite = [c[np.isfinite(c)] for c in (np.asarray(c, np.float64).reshape(-1) for c in columns)]
+    finite = [c for c in finite if c.size]
+    if not finite:
+        return 0
+    start = int(math.floor(min(float(c.min()) for c in finite)))
+    if start == 0 or abs(start) >= 2 ** 53:
+        return 0
+    for c in finite:
+        back = decode_offsets(encode_offsets(c, start), np.full(c.shape, start, np.int64))
+        if not np.array_equal(back.view(np.uint64), c.view(np.uint64)):
+            return 0
+    return start
+
+
+def encode_offsets(t: np.ndarray, start: int) -> np.ndarray:
+    """``t - start`` (float64 seconds; non-finite values as they are)."""
+    t = np.asarray(t, np.float64)
+    if start == 0:
+        return t.copy()
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(t), t - np.float64(start), t)
+
+
+def decode_offsets(offsets: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The absolute float64 times of :func:`encode_offsets`: ``start + offset`` where the start
+    (int64 whole seconds, broadcast against ``offsets``) is not 0 and the offset is finite."""
+    off = np.asarray(offsets, np.float64)
+    st = np.broadcast_to(np.asarray(start, np.int64), off.shape)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(off) & (st != 0), st.astype(np.float64) + off, off)
+
+
+# ----------------------------------------------------------------------------------- source identity
+
+def source_identity(dataset_path: str | os.PathLike) -> dict[str, str]:
+    """How an export names its source without a local path: ``name`` is the folder relative to its
+    TFDS data dir (``<name>/<version>``, the last two components of the path given), ``sha256`` a
+    content digest: sha256 over ``<relative POSIX path>\\0<size>\\0<sha256 of the file>\\n`` lines in
+    path order, over the metadata files (``dataset_info.json``, ``episodes.parquet``,
+    ``features.json``, ``manifest.json``, ``rldskit_spec.json``) when ``manifest.json`` exists
+    (it holds the sha256 of every shard), else over every file (hidden ones left out)."""
+    root = Path(dataset_path).absolute()
+    name = "/".join(p for p in (root.parent.name, root.name) if p)
+    if (root / "manifest.json").is_file():
+        files = [root / n for n in _IDENTITY_FILES if (root / n).is_file()]
+        covers = "metadata files (manifest.json lists every shard's sha256)"
+    else:
+        files = [p for p in root.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        covers = "every file"
+    h = hashlib.sha256()
+    for p in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        fh = hashlib.sha256()
+        size = 0
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                fh.update(chunk)
+                size += len(chunk)
+        h.update(f"{p.relative_to(root).as_posix()}\0{size}\0{fh.hexdigest()}\n".encode())
+    return {"name": name, "sha256": h.hexdigest(), "sha256_of": covers}
 
 
 # ----------------------------------------------------------------------------------- stats
@@ -194,7 +312,10 @@ def _numeric_stats(x: np.ndarray) -> dict[str, np.ndarray]:
 
 def _hist_stats(hist: np.ndarray, n_frames: int) -> dict[str, np.ndarray]:
     """Per-channel stats of uint8 pixels / 255 from a ``(C, 256)`` histogram, exact: the same
-    numbers (up to float rounding) as numpy over every pixel of every frame, shaped (C, 1, 1)."""
+    numbers (up to float rounding) as numpy over every pixel of every frame, shaped (C, 1, 1).
+    Without any pixel (a camera absent from a whole episode) ``count`` is 0, ``min`` 1 and ``max``
+    0 (the neutral values in [0, 1], so that LeRobot's ``aggregate_stats`` min/max over episodes
+    are the real ones; its means and quantiles weight by ``count``) and the rest 0."""
     c = hist.shape[0]
     values = np.arange(256, dtype=np.float64)
     n = hist.sum(axis=1)
@@ -203,7 +324,7 @@ def _hist_stats(hist: np.ndarray, n_frames: int) -> dict[str, np.ndarray]:
         h, tot = hist[ch], int(n[ch])
         if tot == 0:
             for k in out:
-                out[k].append(0.0)
+                out[k].append(1.0 if k == "min" else 0.0)
             continue
         nz = np.flatnonzero(h)
         mean = float((h * values).sum() / tot)
@@ -355,7 +476,7 @@ def export_lerobot(dataset_path: str | os.PathLike, out: str | os.PathLike, *, s
                           robot_type=robot_type or spec.name, task_key=task_key,
                           default_task=default_task or spec.name,
                           episodes_per_file=episodes_per_file, max_episodes=max_episodes,
-                          source=str(dataset_path))
+                          source=source_identity(dataset_path))
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, old)
@@ -388,6 +509,9 @@ def _export(ds, spec, plan, root: Path, *, split, codec, crf, rate: Fraction, ro
         fields.append(pa.field("observation.state", pa.list_(pa.float32(), state_dim)))
     for e in columns:
         fields.append(pa.field(e["key"], _arrow_type(e["dtype"], e["shape"])))
+    offset_cols = [e for e in columns if e.get("encoding") == "offset"]
+    if offset_cols:
+        fields.append(pa.field(TIMESTAMP_START, pa.int64()))
     fields += [pa.field("timestamp", pa.float32()), pa.field("frame_index", pa.int64()),
                pa.field("episode_index", pa.int64()), pa.field("index", pa.int64()),
                pa.field("task_index", pa.int64())]
@@ -454,6 +578,11 @@ def _export(ds, spec, plan, root: Path, *, split, codec, crf, rate: Fraction, ro
             else:
                 arr = np.asarray(v, dtype=np.dtype(e["dtype"]))
                 cols[e["key"]] = arr.reshape(T, -1) if e["shape"] else arr.reshape(T)
+        if offset_cols:
+            t_start = timestamp_start([cols[e["key"]] for e in offset_cols])
+            for e in offset_cols:
+                cols[e["key"]] = encode_offsets(cols[e["key"]], t_start)
+            cols[TIMESTAMP_START] = np.full(T, t_start, dtype=np.int64)
         # task per frame
         if task_key is not None:
             texts = [x.decode() if isinstance(x, bytes) else str(x) for x in ep.steps[task_key]]
@@ -518,6 +647,8 @@ def _export(ds, spec, plan, root: Path, *, split, codec, crf, rate: Fraction, ro
             for stat, v in _hist_stats(h, n_present).items():
                 row[f"stats/{key}/{stat}"] = v.tolist()
         row["rldskit/episode_id"] = ep.episode_id
+        if offset_cols:
+            row[TIMESTAMP_START_EPISODES] = float(t_start)
         row["rldskit/metadata"] = json.dumps(_jsonable(ep.metadata), sort_keys=True)
         episode_rows.append(row)
         total += T
@@ -562,9 +693,15 @@ def _export(ds, spec, plan, root: Path, *, split, codec, crf, rate: Fraction, ro
         names = e.get("names")
         features[e["key"]] = {"dtype": e["dtype"], "shape": _feature_shape(e["shape"]),
                               "names": names if names and len(names) == _feature_shape(e["shape"])[0] else None}
+    if offset_cols:
+        features[TIMESTAMP_START] = {"dtype": "int64", "shape": [1], "names": None}
     for k, dt in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
                   ("index", "int64"), ("task_index", "int64")):
         features[k] = {"dtype": dt, "shape": [1], "names": None}
+    timestamps = {"encoding": "offset", "unit": "s", "columns": [e["key"] for e in offset_cols],
+                  "start_column": TIMESTAMP_START, "start_episodes_column": TIMESTAMP_START_EPISODES,
+                  "absolute": "start + offset (float64, exact)",
+                  "float32_error": "|offset| * 2**-24 at most"} if offset_cols else None
     info = {
         "codebase_version": CODEBASE_VERSION, "robot_type": robot_type,
         "total_episodes": n_ep, "total_frames": total, "total_tasks": len(tasks),
@@ -576,6 +713,7 @@ def _export(ds, spec, plan, root: Path, *, split, codec, crf, rate: Fraction, ro
             "episodes_per_file": episodes_per_file,
             "task": {"path": task_key, "default": None if task_key else default_task},
             "columns": [{k: v for k, v in e.items()} for e in plan],
+            **({"timestamps": timestamps} if timestamps else {}),
         },
     }
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=2))
@@ -678,13 +816,37 @@ def read_lerobot_v3(path: str | os.PathLike, *, tolerance_s: float = 1e-4) -> It
               "task": [task_text[int(i)] for i in cols["task_index"]], "columns": cols, "videos": vids, "row": row,
               "rldskit": None}
         if mapping:
-            ep["rldskit"] = _to_rldskit(mapping, ep)
+            ep["rldskit"] = _to_rldskit(mapping, ep, dpath)
         yield ep
 
 
-def _to_rldskit(mapping: dict[str, Any], ep: dict[str, Any]) -> dict[str, Any]:
+def episode_timestamp_start(mapping: dict[str, Any], cols: dict[str, np.ndarray], row: dict[str, Any],
+                            where: str) -> np.ndarray | None:
+    """The per-frame int64 start (whole seconds) of an episode's timestamp offsets: the data column
+    (which LeRobot's editing tools carry along), else the meta/episodes copy; ``None`` for an export
+    without offsets (before issue 12: absolute times) or when both copies are gone. Raises
+    ``ValueError`` naming ``where`` when the copies disagree."""
+    ts = mapping.get("timestamps")
+    if not ts:
+        return None
+    col = cols.get(ts["start_column"])
+    meta = row.get(ts["start_episodes_column"])
+    if col is not None:
+        col = np.asarray(col).reshape(-1).astype(np.int64)
+        if meta is not None and len(col) and not np.all(col == meta):
+            raise ValueError(f"{where}: episode {row.get('episode_index')}: column {ts['start_column']} "
+                             f"({sorted(set(col.tolist()))[:3]}) disagrees with meta/episodes "
+                             f"{ts['start_episodes_column']} = {meta}")
+        return col
+    if meta is not None:
+        return np.full(len(next(iter(cols.values()))) if cols else 0, int(meta), np.int64)
+    return None
+
+
+def _to_rldskit(mapping: dict[str, Any], ep: dict[str, Any], where: Path | str = "") -> dict[str, Any]:
     cols, T = ep["columns"], ep["length"]
     steps: dict[str, Any] = {}
+    start = episode_timestamp_start(mapping, cols, ep["row"], str(where))
     for e in mapping["columns"]:
         kind, path = e["kind"], e["path"]
         if e.get("alias"):
@@ -701,6 +863,12 @@ def _to_rldskit(mapping: dict[str, Any], ep: dict[str, Any]) -> dict[str, Any]:
             steps[path] = cols["observation.state"][:, a:b].reshape(T, *e["shape"]).astype(np.dtype(e["dtype"]))
         else:
             v = cols[e["key"]]
+            if e.get("encoding") == "offset":
+                if start is None:
+                    raise ValueError(f"{where}: episode {ep['episode_index']}: {e['key']} holds offsets but "
+                                     f"neither {mapping['timestamps']['start_column']} nor meta/episodes "
+                                     f"{mapping['timestamps']['start_episodes_column']} gives their start")
+                v = decode_offsets(np.asarray(v, np.float64).reshape(T), start)
             if e["dtype"] != "string":
                 v = np.asarray(v).astype(np.dtype(e["dtype"]), copy=False).reshape(T, *e["shape"])
             steps[path] = v
