@@ -363,3 +363,142 @@ def test_v30_partial_camera_and_corrupt_shared_data_file(tmp_path):
     assert by[1].status == by[2].status == "imported"
     assert "CAMERA_PARTIAL" in rep.warning_codes
     _valid(rep)
+
+
+# --------------------------------------------------------------------------- no local paths in what is written
+
+
+def _files_containing(root: Path, needles: list[str]) -> list[str]:
+    hits = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            hits += [f"{p.relative_to(root)}: {n}" for n in needles if n.encode() in data]
+    return hits
+
+
+def _meta_digest(ds: Path) -> str:
+    """sha256 over ``<path>\\0<size>\\0<sha256>\\n`` of every file under the dataset's ``meta/``, in
+    path order (the identity the report records), computed from that definition."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted((q for q in (ds / "meta").rglob("*") if q.is_file()), key=lambda q: q.relative_to(ds).as_posix()):
+        data = p.read_bytes()
+        h.update(f"{p.relative_to(ds).as_posix()}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def test_report_names_sources_relatively_with_a_digest(tmp_path):
+    """The report (messages of skipped episodes included) and the imported episodes never hold the
+    absolute input path: sources are named relative to the folder given on the command line
+    (starting with its name) and identified by a digest of their ``meta/``."""
+    src = (tmp_path / "in" / "bad").absolute()
+    hl.write_v21(src, (4, 4, 4))
+    (src / "data" / "chunk-000" / "episode_000001.parquet").write_bytes(b"not parquet")
+    (src / "videos" / "chunk-000" / "observation.images.front" / "episode_000002.mp4").unlink()
+    out = tmp_path / "out"
+    rep = import_lerobot(src, out)
+    by = {e.source_episode: e for d in rep.datasets for e in d.episodes}
+    assert by[1].status == by[2].status == "skipped"
+    assert "bad/data/chunk-000/episode_000001.parquet" in by[1].reason
+    assert "bad/videos/chunk-000/observation.images.front/episode_000002.mp4" in by[2].reason
+    needles = sorted({str(src), str(src.resolve()), str(src.parent), str(src.resolve().parent)})
+    assert _files_containing(out, needles) == []
+    saved = json.loads((out / "import_report.json").read_text())
+    assert saved["source"] == "bad" and saved["datasets"][0]["source"] == "bad"
+    assert saved["datasets"][0]["sha256"] == _meta_digest(src)
+
+    mono = (tmp_path / "in" / "mono").absolute()
+    hl.write_monorepo(mono)
+    rep = import_lerobot(mono, tmp_path / "mono_out")
+    assert len(rep.imported) == 5
+    assert _files_containing(tmp_path / "mono_out", sorted({str(mono), str(mono.resolve()), str(mono.parent)})) == []
+    saved = json.loads((tmp_path / "mono_out" / "import_report.json").read_text())
+    assert saved["source"] == "mono"
+    assert {d["source"]: d["sha256"] for d in saved["datasets"]} == {
+        f"mono/{k}": _meta_digest(mono / k) for k in ("alice/pick", "alice/place", "bob/stack")}
+
+
+# --------------------------------------------------------------------------- rldskit's own exports, old and new
+
+
+@pytest.fixture(scope="module")
+def rldskit_exports(tmp_path_factory):
+    """An so100_arm dataset (the optional wrist camera absent in episode 0) exported to LeRobot by
+    rldskit now, and the same export as rldskit wrote it before issue 12."""
+    from rldskit.exporters.lerobot import export_lerobot
+    from rldskit.pipeline import convert
+    from rldskit.synth import write_synthetic
+
+    root = tmp_path_factory.mktemp("rldskit_exports")
+    spec = load_spec("so100_arm.v1")
+    for p in spec.image_paths:
+        spec = spec.with_image_shape(p, (32, 48, 3))
+    write_synthetic(spec, root / "cap", 3, 5, seed=0)
+    ds = convert([root / "cap"], root / "data", name="so100_arm", runner="inline", formats=("array_record",)).path
+    export_lerobot(ds, root / "new" / "so100")
+    hl.make_old_style_export(root / "new" / "so100", root / "old" / "so100")
+    return ds, root / "new" / "so100", root / "old" / "so100"
+
+
+def test_import_of_rldskit_exports_old_and_new(rldskit_exports, tmp_path):
+    """Both mask names make the camera optional (absent frames stay absent, not black), both
+    timestamp layouts give the absolute float64 times back bit-exact, and an old export imports
+    exactly like a new one."""
+    import rldskit
+
+    ds, new, old = rldskit_exports
+    originals = list(rldskit.open(ds).episodes("train"))
+    got = {}
+    for name, src in (("new", new), ("old", old)):
+        rep = import_lerobot(src, tmp_path / name)
+        assert rep.ok and len(rep.imported) == 3, rep.to_json()
+        _valid(rep)
+        spec = load_spec(tmp_path / name / "schema.json")
+        assert spec.leaf("observation/images/wrist").optional
+        assert not any("present" in p for p in spec.step_leaves if p != "observation/images/wrist_present"), \
+            sorted(spec.step_leaves)
+        assert spec.leaf("extra/rldskit.timestamp.control").dtype == "float64"
+        eps = _eps(tmp_path / name)
+        for i, want in enumerate(originals):
+            ep = eps[i]
+            np.testing.assert_array_equal(ep.steps["observation/images/wrist_present"],
+                                          want.steps["observation/images/wrist_present"])
+            for path in ("timestamp/control", "timestamp/camera_front", "timestamp/joints"):
+                mine = np.asarray(ep.steps["extra/rldskit." + path.replace("/", ".")], np.float64).reshape(-1)
+                assert mine.view(np.uint64).tolist() == np.asarray(want.steps[path]).view(np.uint64).tolist(), path
+        assert not eps[0].steps["observation/images/wrist_present"].any()
+        assert all(not b for b in eps[0].steps["observation/images/wrist"])
+        got[name] = eps
+    for i in got["new"]:
+        a, b = got["new"][i], got["old"][i]
+        assert set(a.steps) == set(b.steps)
+        for k in a.steps:
+            va, vb = np.asarray(a.steps[k]), np.asarray(b.steps[k])
+            if va.dtype == object:
+                assert list(va) == list(vb), k
+            else:
+                assert va.tobytes() == vb.tobytes(), k
+    assert (tmp_path / "new" / "schema.json").read_text() == (tmp_path / "old" / "schema.json").read_text()
+
+
+def test_lost_timestamp_start_is_reported(rldskit_exports, tmp_path):
+    """If a tool rewrote the data without the start column (and meta/episodes without its copy),
+    the offsets are imported as they are, with a warning naming the columns."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    _, new, _ = rldskit_exports
+    src = tmp_path / "so100"
+    shutil.copytree(new, src)
+    for f in list((src / "data").rglob("*.parquet")) + list((src / "meta" / "episodes").rglob("*.parquet")):
+        t = pq.read_table(f)
+        pq.write_table(t.drop_columns([c for c in t.column_names if "timestamp_start" in c]), f)
+    rep = import_lerobot(src, tmp_path / "out")
+    assert len(rep.imported) == 3
+    w = [x for d in rep.datasets for x in d.warnings if x.code == "TIMESTAMP_START_MISSING"]
+    assert w and "rldskit.timestamp.control" in w[0].message
+    ep = _eps(tmp_path / "out")[0]
+    assert float(np.asarray(ep.steps["extra/rldskit.timestamp.control"]).max()) < 10.0

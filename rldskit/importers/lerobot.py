@@ -19,7 +19,18 @@ Layouts:
   every sub-dataset is imported into ``out/<contributor>/<dataset>``.
 
 Video frames are decoded with PyAV and matched to each row's ``timestamp`` (nearest decoded
-frame, tolerance half a frame period), then stored as JPEG. Everything unusual is reported
+frame, tolerance half a frame period), then stored as JPEG.
+
+An rldskit export (``info.json["rldskit"]``, see :mod:`rldskit.exporters.lerobot`) is read with
+its extra columns understood: a camera with a presence mask (``rldskit.present.<cam>``, or
+``observation.images.<cam>_present`` in exports before issue 12) becomes an optional camera
+whose absent frames stay absent, and ``rldskit.timestamp.*`` offsets are made absolute float64
+seconds again from ``rldskit.timestamp_start`` (exports before issue 12 stored them absolute):
+old and new exports import to the same episodes.
+
+The report never holds a local input path: sources are named relative to the folder given
+(starting with its name), identified by :func:`meta_digest`, and messages (PyAV's and
+pyarrow's included) have those paths replaced by the recorded names. Everything unusual is reported
 in an :class:`ImportReport` (``out/import_report.json``) with warning codes, never silently
 fixed; a bad episode is skipped with its reason while the others are imported.
 """
@@ -30,6 +41,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
@@ -41,7 +53,7 @@ import numpy as np
 from rldskit._io import atomic_write_bytes
 
 __all__ = ["import_lerobot", "ImportReport", "DatasetReport", "EpisodeResult", "ImportIssue", "LeRobotError",
-           "add_import_parser", "derive_spec"]
+           "add_import_parser", "derive_spec", "meta_digest"]
 
 JUNK_TASKS = {"", "null", "none", "task", "default", "n/a", "na", "todo", "test"}
 _STANDARD_COLUMNS = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
@@ -74,9 +86,14 @@ class EpisodeResult:
 
 @dataclasses.dataclass
 class DatasetReport:
+    """One imported dataset. ``source`` names it relative to the folder given on the command line,
+    starting with that folder's name (``g1`` or ``monorepo/alice/pick``; a Hub repo id as given),
+    never a local absolute path; ``sha256`` identifies it (:func:`meta_digest`)."""
+
     name: str
     source: str
     out: str
+    sha256: str | None = None
     codebase_version: str = ""
     contributor: str | None = None
     spec_id: str | None = None
@@ -95,6 +112,9 @@ class DatasetReport:
 
 @dataclasses.dataclass
 class ImportReport:
+    """What an import did. ``source`` is the name of the folder given (or the Hub repo id), never
+    its local path: messages are written with paths relative to it (see :class:`DatasetReport`)."""
+
     source: str
     out: str
     target: str | None = None
@@ -179,6 +199,61 @@ def _col(table, name: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
+def meta_digest(root: Path) -> str:
+    """A dataset's identity: sha256 over ``<relative POSIX path>\\0<size>\\0<sha256>\\n`` lines, in
+    path order, of every file under its ``meta/`` (info.json, episodes, tasks, stats: cheap, and
+    the per-episode stats change with the data)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted((p for p in (root / "meta").rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+    for p in files:
+        fh, size = hashlib.sha256(), 0
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                fh.update(chunk)
+                size += len(chunk)
+        h.update(f"{p.relative_to(root).as_posix()}\0{size}\0{fh.hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class _RldskitLayout:
+    """What an rldskit export (``info.json["rldskit"]``) says about its extra columns: presence
+    masks (mask key -> camera key; ``rldskit.present.<cam>``, or ``observation.images.<cam>_present``
+    before issue 12) and timestamp offset columns with their start column (absent before issue 12,
+    when ``rldskit.timestamp.*`` held absolute times)."""
+
+    mapping: dict
+    masks: dict
+    offsets: frozenset
+    start_column: str | None
+    start_episodes_column: str | None
+
+    @classmethod
+    def of(cls, info: dict) -> "_RldskitLayout":
+        mapping = info.get("rldskit") if isinstance(info.get("rldskit"), dict) else {}
+        entries = [e for e in mapping.get("columns") or [] if isinstance(e, dict)]
+        feats = info.get("features") or {}
+        video = {e.get("path"): e.get("key") for e in entries if e.get("kind") == "video"}
+        masks = {}
+        for e in entries:
+            if e.get("kind") != "column" or e.get("alias") or e.get("key") not in feats:
+                continue
+            path = str(e.get("path", ""))
+            cam = e.get("mask_of") or (video.get(path[: -len("_present")]) if path.endswith("_present") else None)
+            if cam in feats and feats[cam].get("dtype") in ("video", "image"):
+                masks[e["key"]] = cam
+        ts = mapping.get("timestamps") if isinstance(mapping.get("timestamps"), dict) else {}
+        return cls(mapping, masks, frozenset(ts.get("columns") or ()), ts.get("start_column"),
+                   ts.get("start_episodes_column"))
+
+    @property
+    def hidden(self) -> set[str]:
+        """Columns that are not features of their own in the imported spec."""
+        return set(self.masks) | ({self.start_column} if self.start_column else set())
+
+
 class _Source:
     """One LeRobot dataset folder: info, episodes (index -> record), tasks, file locations."""
 
@@ -187,11 +262,11 @@ class _Source:
         self.rep = rep
         info_file = root / "meta" / "info.json"
         if not (root / "meta").is_dir():
-            raise LeRobotError(f"{root}: no meta/ folder: not a LeRobot dataset")
+            raise LeRobotError(f"{self.rel(root)}: no meta/ folder: not a LeRobot dataset")
         try:
             self.info = json.loads(info_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise LeRobotError(f"{info_file}: cannot read info.json: {e}") from None
+            raise LeRobotError(f"{self.rel(info_file)}: cannot read info.json: {e}") from None
         self.version = str(self.info.get("codebase_version", ""))
         rep.codebase_version = self.version
         self.fps = float(self.info.get("fps") or 30)
@@ -199,6 +274,7 @@ class _Source:
         self.cameras = [k for k, f in self.features.items() if f.get("dtype") in ("video", "image")]
         self.video_keys = [k for k in self.cameras if self.features[k].get("dtype") == "video"]
         self.v3 = self.version.startswith("v3")
+        self.rldskit = _RldskitLayout.of(self.info)
         self.episodes: dict[int, dict] = {}
         self.tasks: dict[int, str] = {}
         if self.v3:
@@ -246,7 +322,7 @@ class _Source:
                     self.tasks[int(ti)] = str(text)
         files = sorted((meta / "episodes").glob("**/*.parquet"))
         if not files:
-            raise LeRobotError(f"{meta}/episodes: no episode metadata parquet files (v3.0 layout)")
+            raise LeRobotError(f"{self.rel(meta / 'episodes')}: no episode metadata parquet files (v3.0 layout)")
         dp = self.info.get("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet")
         vp = self.info.get("video_path", "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
         for f in files:
@@ -257,6 +333,8 @@ class _Source:
                        "data": self.root / dp.format(chunk_index=int(r.get("data/chunk_index") or 0),
                                                      file_index=int(r.get("data/file_index") or 0)),
                        "from_index": r.get("dataset_from_index"), "to_index": r.get("dataset_to_index"),
+                       "timestamp_start": r.get(self.rldskit.start_episodes_column)
+                       if self.rldskit.start_episodes_column else None,
                        "videos": {}}
                 for k in self.video_keys:
                     ci, fi = r.get(f"videos/{k}/chunk_index"), r.get(f"videos/{k}/file_index")
@@ -265,6 +343,15 @@ class _Source:
                     rec["videos"][k] = (self.root / vp.format(video_key=k, chunk_index=int(ci), file_index=int(fi)),
                                         float(r.get(f"videos/{k}/from_timestamp") or 0.0))
                 self.episodes[idx] = rec
+
+    def rel(self, path: Path | str) -> str:
+        """``path`` as reports write it: relative to the dataset, after its recorded name."""
+        p = Path(path)
+        try:
+            tail = p.relative_to(self.root).as_posix()
+        except ValueError:
+            return p.name
+        return self.rep.source if tail == "." else f"{self.rep.source}/{tail}"
 
     def read_episode(self, idx: int):
         """The episode's rows as a pyarrow table (v3: the slice of its shared data file)."""
@@ -285,7 +372,7 @@ class _Source:
                 ix = _col(table, "index").reshape(len(table), -1)[:, 0]
                 keep = (ix >= rec["from_index"]) & (ix < rec["to_index"])
             else:
-                raise LeRobotError(f"{path}: neither episode_index nor index columns: cannot find episode {idx}")
+                raise LeRobotError(f"{self.rel(path)}: neither episode_index nor index columns: cannot find episode {idx}")
             table = table.filter(pa.array(keep))
         return table
 
@@ -322,21 +409,27 @@ def _cam_name(key: str) -> str:
 
 
 def derive_spec(info: dict, name: str, camera_shapes: dict[str, tuple[int, int, int]] | None = None):
-    """A spec for a LeRobot dataset from its ``info.json`` (``lerobot_<name>.v1``)."""
+    """A spec for a LeRobot dataset from its ``info.json`` (``lerobot_<name>.v1``). For an rldskit
+    export, a camera with a presence mask is optional (its ``<cam>_present`` is the mask) and the
+    mask and timestamp-start columns are not features of their own."""
     from rldskit.spec import EpisodeSpec
 
     feats = info.get("features") or {}
+    layout = _RldskitLayout.of(info)
+    masked = set(layout.masks.values())
     obs: dict[str, Any] = {}
     images: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     action = None
     for key, f in feats.items():
         dtype = f.get("dtype")
-        if key in _STANDARD_COLUMNS:
+        if key in _STANDARD_COLUMNS or key in layout.hidden:
             continue
         if dtype in ("video", "image"):
             shape = (camera_shapes or {}).get(key) or _image_shape(f)
             images[_cam_name(key)] = {"type": "image", "shape": list(shape), "encoding": "jpeg"}
+            if key in masked:  # an rldskit export's presence mask: absent frames stay absent
+                images[_cam_name(key)]["optional"] = True
             continue
         if dtype in ("string",):
             continue
@@ -611,7 +704,11 @@ class _Mapper:
             if ex:
                 extras["extra"] = ex
             if images:
-                obs["images"] = {self.spec.camera_name(p): b for p, b in images.items()}
+                obs["images"] = {}
+                for p, b in images.items():
+                    obs["images"][self.spec.camera_name(p)] = b
+                    if self.spec.step_leaves[p].optional:
+                        obs["images"][self.spec.camera_name(p) + "_present"] = b is not None
             return obs, cols["action"][i], extras
         spec = self.spec
         obs_spec = spec.steps["observation"]
@@ -756,7 +853,7 @@ def _import_episode(src: _Source, idx: int, spec, mapper: _Mapper, logger, out: 
     try:
         table = src.read_episode(idx)
     except (pa.ArrowInvalid, OSError) as e:
-        return EpisodeResult(idx, "skipped", reason=f"cannot read {rec['data']}: {type(e).__name__}: {e}")
+        return EpisodeResult(idx, "skipped", reason=f"cannot read {src.rel(rec['data'])}: {type(e).__name__}: {e}")
     n = table.num_rows
     if n == 0:
         return EpisodeResult(idx, "skipped", reason="no rows for this episode in the data file")
@@ -783,6 +880,8 @@ def _import_episode(src: _Source, idx: int, spec, mapper: _Mapper, logger, out: 
         if key in _STANDARD_COLUMNS or f.get("dtype") in ("video", "image", "string"):
             continue
         if key not in table.column_names:
+            if key == src.rldskit.start_column:  # LeRobot tools may drop it; meta/episodes may have it
+                continue
             return EpisodeResult(idx, "skipped", reason=f"declared feature {key!r} is missing from {rec['data'].name}")
         arr = _col(table, key)
         shape = tuple(int(d) for d in (f.get("shape") or [1]))
@@ -805,6 +904,29 @@ def _import_episode(src: _Source, idx: int, spec, mapper: _Mapper, logger, out: 
             ts = ts[order]
             cols = {k: v[order] for k, v in cols.items()}
             scalars = {k: v[order] for k, v in scalars.items()}
+    # rldskit exports: presence masks, and timestamp offsets made absolute again
+    lay = src.rldskit
+    masks = {cam: np.asarray(cols.pop(k)).reshape(n).astype(bool) for k, cam in lay.masks.items() if k in cols}
+    start_col = {lay.start_column: cols.pop(lay.start_column)} if lay.start_column in cols else {}
+    if lay.offsets & set(cols):
+        from rldskit.exporters.lerobot import decode_offsets, episode_timestamp_start
+
+        where = src.rel(rec["data"])
+        try:
+            start = episode_timestamp_start(lay.mapping, start_col, {"episode_index": idx,
+                                            lay.start_episodes_column: rec.get("timestamp_start")}, where)
+        except ValueError as e:
+            return EpisodeResult(idx, "skipped", reason=f"TIMESTAMP_START: {e}")
+        if start is None:
+            if "TIMESTAMP_START_MISSING" not in warned_cols:
+                warned_cols.add("TIMESTAMP_START_MISSING")
+                rep.warn("TIMESTAMP_START_MISSING",
+                         f"{', '.join(sorted(lay.offsets & set(cols)))} hold seconds since the episode's start, but "
+                         f"neither the column {lay.start_column} nor meta/episodes {lay.start_episodes_column} "
+                         "gives that start (rewritten by a tool?): imported as offsets", idx)
+        else:
+            for k in lay.offsets & set(cols):
+                cols[k] = decode_offsets(np.asarray(cols[k], np.float64).reshape(n), start).reshape(cols[k].shape)
     # task
     task = ""
     if "task_index" in scalars and len(scalars["task_index"]):
@@ -824,7 +946,7 @@ def _import_episode(src: _Source, idx: int, spec, mapper: _Mapper, logger, out: 
             v = rec["videos"].get(key)
             if v is None or not v[0].exists():
                 return EpisodeResult(idx, "skipped", reason=f"VIDEO_MISSING: no video for camera {key} "
-                                                            f"({v[0] if v else 'not listed'})")
+                                                            f"({src.rel(v[0]) if v else 'not listed'})")
             try:
                 import av
 
@@ -832,7 +954,7 @@ def _import_episode(src: _Source, idx: int, spec, mapper: _Mapper, logger, out: 
                     if not c.streams.video:
                         raise ValueError("no video stream")
             except Exception as e:  # noqa: BLE001
-                return EpisodeResult(idx, "skipped", reason=f"VIDEO_UNREADABLE: {v[0]}: {type(e).__name__}: {e}")
+                return EpisodeResult(idx, "skipped", reason=f"VIDEO_UNREADABLE: {src.rel(v[0])}: {type(e).__name__}: {e}")
             streams[path] = _frames_at(v[0], v[1], ts, tol, quality, stats)
         else:
             if key not in table.column_names:
@@ -863,9 +985,13 @@ def _import_episode(src: _Source, idx: int, spec, mapper: _Mapper, logger, out: 
                     break
                 if err > tol:
                     misses[path] = misses.get(path, 0) + 1
+                mask = masks.get(mapper.cam_map.get(path))
+                if mask is not None and not mask[i] and spec.step_leaves[path].optional:
+                    b = None  # absent in the source: the video holds a placeholder frame
+                else:
+                    frames += 1
                 imgs[path] = b
                 cam_t[path] = ft
-                frames += 1
             if stop:
                 truncated_at = i
                 break
@@ -954,6 +1080,28 @@ def _ranges(xs: Sequence[int]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+def _scrub(text: str | None, pairs: list[tuple[Path, str]]) -> str | None:
+    """``text`` with each local path (as given, absolute and resolved) replaced by its recorded name
+    (library messages, e.g. PyAV's or pyarrow's, name the files they failed on)."""
+    if not text:
+        return text
+    subs = {}
+    for p, name in pairs:
+        for variant in {str(p), str(Path(p).absolute()), os.path.realpath(p)}:
+            if variant not in ("", ".", "/"):
+                subs.setdefault(variant, name)
+    for old in sorted(subs, key=len, reverse=True):
+        text = text.replace(old, subs[old])
+    return text
+
+
+def _scrub_report(rep: DatasetReport, pairs: list[tuple[Path, str]]) -> None:
+    for issue in rep.warnings + rep.errors:
+        issue.message = _scrub(issue.message, pairs)
+    for e in rep.episodes:
+        e.reason = _scrub(e.reason, pairs)
+
+
 def _is_dataset(p: Path) -> bool:
     return (p / "meta" / "info.json").is_file()
 
@@ -1007,7 +1155,8 @@ def import_lerobot(source: str | Path, out: str | Path, *, target: str | None = 
     t0 = time.perf_counter()
     out = Path(out)
     src = Path(source)
-    origin = src.name
+    origin = src.name or src.absolute().resolve().name
+    given = [src]  # local paths of the source, replaced by their recorded names in every message
     if not src.exists():
         s = str(source)
         if re.match(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$", s) and not s.startswith((".", "/")):
@@ -1016,9 +1165,10 @@ def import_lerobot(source: str | Path, out: str | Path, *, target: str | None = 
             except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: one clear error
                 raise LeRobotError(f"{source}: no such folder, and the Hub download failed: {type(e).__name__}: {e}") from e
             origin = s
+            given = [src]
         else:
             raise LeRobotError(f"{source}: no such folder (and not a Hub repo id)")
-    report = ImportReport(source=str(source), out=str(out), target=target)
+    report = ImportReport(source=origin, out=str(out), target=target)
     budget: list[int | None] = [max_episodes]
     if _is_dataset(src):
         jobs = [(src, out, src.name, None)]
@@ -1040,9 +1190,13 @@ def import_lerobot(source: str | Path, out: str | Path, *, target: str | None = 
     for ds, ds_out, name, contributor in jobs:
         if budget[0] is not None and budget[0] <= 0:
             break
-        rep = DatasetReport(name=name, source=str(ds), out=str(ds_out), contributor=contributor)
+        ds_origin = origin if len(jobs) == 1 and ds == src else f"{origin}/{ds.relative_to(src).as_posix()}"
+        rep = DatasetReport(name=name, source=ds_origin, out=str(ds_out), contributor=contributor)
         report.datasets.append(rep)
-        ds_origin = origin if len(jobs) == 1 and ds == src else f"{origin}/{ds.relative_to(src)}"
+        try:
+            rep.sha256 = meta_digest(ds)
+        except OSError:
+            rep.sha256 = None
         try:
             _import_dataset(ds, ds_out, name, ds_origin, rep, target=target, budget=budget, episodes=episodes,
                             jpeg_quality=jpeg_quality, contributor=contributor)
@@ -1050,6 +1204,7 @@ def import_lerobot(source: str | Path, out: str | Path, *, target: str | None = 
             rep.errors.append(ImportIssue("SOURCE", str(e)))
         except (OSError, ValueError, KeyError) as e:
             rep.errors.append(ImportIssue("SOURCE", f"{type(e).__name__}: {e}"))
+        _scrub_report(rep, [(ds, ds_origin)] + [(g, origin) for g in given])
     report.seconds = time.perf_counter() - t0
     report.write(out / "import_report.json")
     return report
