@@ -19,7 +19,6 @@ Everything is a pure function of ``seed`` (and the episode index), so runs are r
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,22 +26,14 @@ from typing import Any
 import numpy as np
 
 from rldskit.capture import EpisodeLogger
+from rldskit.images import encode
 from rldskit.spec import PRESENT_SUFFIX, EpisodeSpec, Image, Text
 
 __all__ = ["write_synthetic", "synth_steps", "render_road", "encode_image"]
 
 
-def encode_image(arr: np.ndarray, encoding: str = "jpeg", quality: int = 85) -> bytes:
-    """Encode a ``(H, W, C)`` uint8 array as JPEG or PNG bytes with Pillow."""
-    from PIL import Image as PILImage
-
-    buf = io.BytesIO()
-    img = PILImage.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    if encoding == "jpeg":
-        img.save(buf, format="JPEG", quality=quality)
-    else:
-        img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+#: ``encode_image(arr, encoding="jpeg", quality=85)``: :func:`rldskit.images.encode` (the one image codec)
+encode_image = encode
 
 
 def render_road(h: int, w: int, offset: float, heading: float, curvature: float, rng: np.random.Generator) -> np.ndarray:

@@ -20,7 +20,6 @@ there are no errors (``strict`` also counts warnings). The CLI maps that to exit
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -419,24 +418,22 @@ def _check_time(cols: Mapping[str, Any], spec: EpisodeSpec, gates: Gates, T: int
 def check_image_bytes(data: bytes, leaf: Image) -> tuple[str, str] | None:
     """Decode one frame fully enough to prove it is intact; return ``(code, message)`` or None.
 
-    JPEG is decoded in Pillow's draft mode (DCT scaling: every entropy-coded byte is still
-    parsed, so truncation and corruption are caught, at a fraction of the IDCT cost)."""
-    from PIL import Image as PILImage, UnidentifiedImageError
+    :func:`rldskit.images.verify` decodes it (JPEG in Pillow's draft mode: every entropy-coded
+    byte is still parsed, so truncation and corruption are caught, at a fraction of the IDCT cost)."""
+    from PIL import UnidentifiedImageError
+
+    from rldskit import images
 
     if not data:
         return "IMAGE_MISSING", "empty frame"
-    kind = "jpeg" if data[:2] == b"\xff\xd8" else "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else None
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            bands = len(img.getbands())
-            if img.format == "JPEG":
-                img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
-            img.load()
+        info = images.verify(data)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return "IMAGE_UNDECODABLE", f"cannot decode: {e}"
     except Exception as e:  # noqa: BLE001 - hostile bytes can make Pillow raise anything
         return "IMAGE_UNDECODABLE", f"cannot decode: {type(e).__name__}: {e}"
+    h, w, bands = info.height, info.width, info.channels
+    kind = info.format if info.format in images.ENCODINGS else None
     H, W, C = leaf.shape
     if (h, w) != (H, W) or bands != C:
         return "IMAGE_SIZE", f"frame is {h}x{w}x{bands}, expected {H}x{W}x{C}"

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from rldskit.validation import Gates, Report
 
 __all__ = ["DatasetDir", "DatasetError", "open_dataset", "is_dataset_dir", "shard_name", "write_tfds_metadata",
-           "FILE_FORMATS", "DATASET_INFO_FILE", "FEATURES_FILE", "SPEC_FILE", "EPISODE_INDEX_FILE"]
+           "FILE_FORMATS", "DATASET_INFO_FILE", "FEATURES_FILE", "SPEC_FILE", "EPISODE_INDEX_FILE",
+           "STATS_FILE"]
 
 #: The record file formats rldskit reads and writes (TFDS ``FileFormat`` values).
 FILE_FORMATS = ("tfrecord", "array_record")
@@ -56,6 +57,8 @@ FEATURES_FILE = "features.json"
 SPEC_FILE = "rldskit_spec.json"
 #: Per-episode index written beside the shards by the converter (columns include split, length).
 EPISODE_INDEX_FILE = "episodes.parquet"
+#: Per-feature statistics beside the shards (``rldskit stats`` writes it; the loaders normalise with it).
+STATS_FILE = "stats.json"
 #: TFDS's default shard file template (``tfds.core.naming.DEFAULT_FILENAME_TEMPLATE``).
 FILEPATH_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 _TFRECORD_OVERHEAD = 16  # bytes of framing per TFRecord record (length, 2 CRCs)

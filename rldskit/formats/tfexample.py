@@ -18,13 +18,16 @@ Two concepts:
 
 :func:`encode_episode`/:func:`decode_episode` handle one episode per record (the RLDS/TFDS
 layout); :func:`encode_step`/:func:`decode_step` one step per record (the step-major layout,
-same per-feature encoding without the ``steps/`` prefix).
+same per-feature encoding without the ``steps/`` prefix). :func:`decode_step_fields` reads only the
+image and text features of a step record, with :func:`decode_step`'s semantics, on protobuf's C
+(upb) parser when protobuf is installed (~8 us a record against ~100 us, and it holds the GIL far
+less, so decoding threads scale) and on this module's parser otherwise.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +36,7 @@ from rldskit.episode import Episode, LazyFrames
 from rldskit.spec import PRESENT_SUFFIX, EpisodeSpec, Image, Text
 
 __all__ = ["ExampleDecodeError", "encode_features", "decode_features", "encode_episode", "decode_episode",
-           "encode_step", "decode_step", "to_tfds_example"]
+           "encode_step", "decode_step", "decode_step_fields", "to_tfds_example"]
 
 BYTES, FLOAT, INT64 = 1, 2, 3  # Feature oneof field numbers
 _KIND_NAME = {BYTES: "bytes_list", FLOAT: "float_list", INT64: "int64_list"}
@@ -236,9 +239,9 @@ def decode_features(data: bytes) -> dict[str, tuple[int, Any]]:
 
 @functools.lru_cache(maxsize=32)
 def _placeholder_frame(shape: tuple[int, int, int], encoding: str) -> bytes:
-    from rldskit.synth import encode_image
+    from rldskit.images import encode
 
-    return encode_image(np.zeros(shape, dtype=np.uint8), encoding)
+    return encode(np.zeros(shape, dtype=np.uint8), encoding)
 
 
 def _check_encodable(spec: EpisodeSpec) -> None:
@@ -418,4 +421,119 @@ def decode_step(data: bytes, spec: EpisodeSpec) -> dict[str, Any]:
     for path, leaf in spec.step_leaves.items():
         if isinstance(leaf, Image) and leaf.optional and not out[path + PRESENT_SUFFIX]:
             out[path] = b""
+    return out
+
+
+# =========================================================================== image and text fields of a step
+
+
+_EXAMPLE_CLASS: Any = None
+
+
+def _example_class() -> Any:
+    """A ``tf.train.Example`` message class built at run time on protobuf's C (upb) parser (no
+    TensorFlow, no generated code), or ``False`` when protobuf is not installed."""
+    global _EXAMPLE_CLASS
+    if _EXAMPLE_CLASS is None:
+        try:
+            from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        except ImportError:
+            _EXAMPLE_CLASS = False
+            return _EXAMPLE_CLASS
+        T = descriptor_pb2.FieldDescriptorProto
+        pkg = "rldskit_loaders_example"
+        fdp = descriptor_pb2.FileDescriptorProto(name=f"{pkg}.proto", package=pkg, syntax="proto3")
+        for name, ftype in (("BytesList", T.TYPE_BYTES), ("FloatList", T.TYPE_FLOAT), ("Int64List", T.TYPE_INT64)):
+            f = fdp.message_type.add(name=name).field.add(name="value", number=1, type=ftype, label=T.LABEL_REPEATED)
+            if ftype != T.TYPE_BYTES:
+                f.options.packed = True
+        feat = fdp.message_type.add(name="Feature")
+        feat.oneof_decl.add(name="kind")
+        for num, name in ((1, "bytes_list"), (2, "float_list"), (3, "int64_list")):
+            kind = {"bytes_list": "BytesList", "float_list": "FloatList", "int64_list": "Int64List"}[name]
+            feat.field.add(name=name, number=num, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL,
+                           type_name=f".{pkg}.{kind}", oneof_index=0)
+        feats = fdp.message_type.add(name="Features")
+        entry = feats.nested_type.add(name="FeatureEntry")
+        entry.options.map_entry = True
+        entry.field.add(name="key", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+        entry.field.add(name="value", number=2, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL, type_name=f".{pkg}.Feature")
+        feats.field.add(name="feature", number=1, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED,
+                        type_name=f".{pkg}.Features.FeatureEntry")
+        fdp.message_type.add(name="Example").field.add(name="features", number=1, type=T.TYPE_MESSAGE,
+                                                        label=T.LABEL_OPTIONAL, type_name=f".{pkg}.Features")
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(fdp)
+        _EXAMPLE_CLASS = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{pkg}.Example"))
+    return _EXAMPLE_CLASS
+
+
+def _bytes_fields_upb(data: bytes, keys: Sequence[str]) -> dict[str, tuple[bytes | None, int | None]]:
+    from google.protobuf.message import DecodeError
+
+    ex = _example_class()()
+    try:
+        ex.ParseFromString(data)
+    except DecodeError as e:
+        raise ExampleDecodeError(f"not a tf.train.Example: {e}") from None
+    feats = ex.features.feature
+    out: dict[str, tuple[bytes | None, int | None]] = {}
+    for key in keys:
+        if key not in feats:
+            continue
+        f = feats[key]
+        value = f.bytes_list.value[0] if f.WhichOneof("kind") == "bytes_list" and len(f.bytes_list.value) == 1 else None
+        out[key] = (value, None)
+        p = key + PRESENT_SUFFIX
+        if p in feats:
+            pf = feats[p]
+            ok = pf.WhichOneof("kind") == "int64_list" and len(pf.int64_list.value) == 1
+            out[p] = (None, pf.int64_list.value[0] if ok else None)
+    return out
+
+
+def _bytes_fields_py(data: bytes, keys: Sequence[str]) -> dict[str, tuple[bytes | None, int | None]]:
+    feats = decode_features(data)
+    out: dict[str, tuple[bytes | None, int | None]] = {}
+    for key in keys:
+        if key not in feats:
+            continue
+        kind, values = feats[key]
+        out[key] = (values[0] if kind == BYTES and len(values) == 1 else None, None)
+        p = key + PRESENT_SUFFIX
+        if p in feats:
+            pk, pv = feats[p]
+            out[p] = (None, int(pv[0]) if pk == INT64 and len(pv) == 1 else None)
+    return out
+
+
+def decode_step_fields(data: bytes, keys: Sequence[str], spec: EpisodeSpec) -> dict[str, Any]:
+    """``{key: value}`` for the image and text ``keys`` of one step record (an :func:`encode_step`
+    record), with the semantics of :func:`decode_step` for them: images as their encoded bytes and
+    ``b""`` for an absent optional frame (its ``_present`` mask is 0), text as ``str``. Only those
+    features are checked. Raises :class:`ExampleDecodeError` (a key absent, not one byte string,
+    a missing or malformed ``_present`` mask, text not UTF-8, bytes that are not an Example)."""
+    cls = _example_class()
+    fields = _bytes_fields_upb(data, keys) if cls else _bytes_fields_py(data, keys)
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key not in fields:
+            raise ExampleDecodeError(f"feature {key!r} is absent (declared by {spec.id})")
+        value = fields[key][0]
+        if value is None:
+            raise ExampleDecodeError(f"feature {key!r}: expected 1 byte string")
+        leaf = spec.step_leaves[key]
+        if isinstance(leaf, Image):
+            if leaf.optional:
+                present = fields.get(key + PRESENT_SUFFIX, (None, None))[1]
+                if present is None:
+                    raise ExampleDecodeError(f"feature {key + PRESENT_SUFFIX!r}: expected 1 int64")
+                if not present:
+                    value = b""
+        else:
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                raise ExampleDecodeError(f"feature {key!r}: text is not UTF-8") from None
+        out[key] = value
     return out
