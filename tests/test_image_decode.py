@@ -1,4 +1,5 @@
-"""Image decoding for the loaders (``rldskit.loaders.decode_image``) and the recycled image buffers.
+"""Image decoding for the loaders (``rldskit.images.decode``, re-exported as ``rldskit.loaders.decode_image``)
+and the recycled image buffers (``rldskit.loaders.buffers``).
 
 simplejpeg (libjpeg-turbo) decodes JPEGs, into the batch's own memory when it can; every pixel must
 equal Pillow's decode of the same bytes, whatever the size, subsampling, quality, colour space or
@@ -21,7 +22,8 @@ from PIL import Image
 pytest.importorskip("grain")
 pytest.importorskip("simplejpeg")
 
-from rldskit.loaders import grain as G  # noqa: E402
+from rldskit import images as I  # noqa: E402
+from rldskit.loaders import buffers as B  # noqa: E402
 from rldskit.pipeline import convert  # noqa: E402
 from rldskit.spec import load_spec  # noqa: E402
 from rldskit.synth import write_synthetic  # noqa: E402
@@ -39,7 +41,7 @@ def _jpeg(arr: np.ndarray, mode: str | None = None, **kw) -> bytes:
 
 
 def _pil(data: bytes, channels: int, size=None) -> np.ndarray:
-    return G._decode_pil(data, channels, size)
+    return I._decode_pil(data, channels, size)
 
 
 def _smooth(rng: np.random.Generator, h: int, w: int, c: int) -> np.ndarray:
@@ -55,7 +57,7 @@ def _smooth(rng: np.random.Generator, h: int, w: int, c: int) -> np.ndarray:
 def test_simplejpeg_pixels_equal_pillows(h, w, quality, subsampling, progressive, seed):
     arr = _smooth(np.random.default_rng(seed), h, w, 3)
     data = _jpeg(arr, quality=quality, subsampling=subsampling, progressive=progressive)
-    fast = G._decode_jpeg_fast(data, 3, None, None)
+    fast = I._decode_jpeg_fast(data, 3, None, None)
     assert fast is not None, "a baseline/progressive YCbCr JPEG goes through simplejpeg"
     np.testing.assert_array_equal(fast, _pil(data, 3))
     out = np.full((h, w, 3), 77, np.uint8)
@@ -88,7 +90,7 @@ def test_grey_colour_spaces_and_png_match_pillow():
     Image.fromarray(rgb).save(png, "PNG")
     cases["png"] = (png.getvalue(), 3, False)
     for name, (data, channels, fast) in cases.items():
-        assert (G._decode_jpeg_fast(data, channels, None, None) is not None) == fast, name
+        assert (I._decode_jpeg_fast(data, channels, None, None) is not None) == fast, name
         got = L.decode_image(data, channels)
         assert got.shape == (40, 56, channels), name
         np.testing.assert_array_equal(got, _pil(data, channels), err_msg=name)
@@ -119,7 +121,7 @@ def test_broken_jpegs_raise_pillows_error(cut):
 
 
 def test_pool_hands_out_an_array_only_when_nobody_else_holds_it():
-    pool = G._ArrayPool(capacity=2)
+    pool = B.ArrayPool(capacity=2)
     a = pool.take((4, 5), np.uint8)
     b = pool.take((4, 5), np.uint8)
     assert a is not b
@@ -219,6 +221,6 @@ def test_frame_cache_gives_the_same_batches_and_decodes_each_frame_once(dataset)
 def test_frame_cache_auto_follows_the_budget(dataset, monkeypatch):
     assert L.windows(dataset, batch_size=4).maker._caching  # 40 tiny frames fit
     assert not L.windows(dataset, batch_size=4, decode_images=False).maker._caching
-    monkeypatch.setattr(G, "CACHE_AUTO_BYTES", 100)
+    monkeypatch.setattr(B, "CACHE_AUTO_BYTES", 100)
     assert not L.windows(dataset, batch_size=4).maker._caching
     assert L.windows(dataset, batch_size=4, cache_frames=True).maker._caching

@@ -63,3 +63,17 @@ def test_rldskit_validate_stays_the_function_after_the_submodule_is_imported():
         print(json.dumps({"callable": callable(rldskit.validate)}))
     """)
     assert result["callable"] is True
+
+
+def test_the_index_codec_and_loader_parts_import_no_heavy_module():
+    # the formats layer (the step index) and every loader part except the iterator stay Grain-free,
+    # so hub, report, stats and the trainers read an index or statistics without Grain
+    result = _run_fresh(f"""
+        import json, sys
+        import rldskit.images, rldskit.formats.step_index
+        import rldskit.loaders.config, rldskit.loaders.normalize, rldskit.loaders.sources
+        import rldskit.loaders.order, rldskit.loaders.windowing, rldskit.loaders.buffers, rldskit.loaders.grain
+        from rldskit.loaders import StepIndex, LoaderConfig, Normalizer, compute_stats, parse_split
+        print(json.dumps({{"heavy": sorted(m for m in {HEAVY!r} + ("PIL",) if m in sys.modules)}}))
+    """)
+    assert result["heavy"] == []

@@ -655,3 +655,118 @@ def test_orbax_checkpoint_manager_saves_and_restores_the_loader(donkey, tmp_path
     with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("loader",)) as mngr:
         with pytest.raises(ValueError, match="another order"):
             mngr.restore(4, args=ocp.args.Composite(loader=grain.checkpoint.CheckpointRestore(wrong)))
+
+
+# =========================================================================== the config object and the parts (issue 13)
+
+
+def test_config_form_gives_the_same_batches_and_state_as_the_keywords(donkey):
+    kw = dict(history=2, action_horizon=3, batch_size=4, seed=11, num_epochs=2, goal="uniform", normalize="stats",
+              split="train[:80%]", drop_remainder=False)
+    a = L.windows(donkey, num_threads=0, **kw)
+    cfg = L.LoaderConfig(**kw)
+    b = L.windows(donkey, config=cfg, num_threads=2)  # threads change speed, never the batches
+    assert b.config is cfg and a.config == cfg
+    assert a.get_state() == b.get_state()
+    _assert_batches_equal(_collect(a), _collect(b))
+    s = L.steps(donkey, batch_size=3, seed=2, keys=["action", "reward"], decode_images=False)
+    c = L.steps(donkey, config=L.LoaderConfig(kind="steps", batch_size=3, seed=2, keys=("action", "reward"),
+                                              decode_images=False))
+    assert s.get_state() == c.get_state()
+    _assert_batches_equal(_collect(s), _collect(c))
+
+
+def test_config_is_frozen_validated_and_not_mixed_with_keywords(donkey):
+    import dataclasses
+
+    cfg = L.LoaderConfig(history=2, observation_keys=["observation/image"], resize=[12, 16])
+    assert cfg.observation_keys == ("observation/image",) and cfg.resize == (12, 16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.history = 3  # type: ignore[misc]
+    assert dataclasses.replace(cfg, seed=4).seed == 4 and cfg.seed == 0
+    for bad, match in ((dict(batch_size=0), "batch_size"), (dict(process_index=2, process_count=2), "process_index"),
+                       (dict(num_epochs=0), "num_epochs"), (dict(seed=-1), "seed"), (dict(history=0), "history"),
+                       (dict(goal="random"), "goal must be one of"), (dict(goal_keys=["action"]), "need goal"),
+                       (dict(normalize="zscore"), "normalize must be one of"), (dict(kind="episodes"), "kind"),
+                       (dict(kind="steps", history=2), "windows only"), (dict(keys=["action"]), "kind='steps'")):
+        with pytest.raises(ValueError, match=match):
+            L.LoaderConfig(**bad)
+    with pytest.raises(TypeError, match="either config= or the keywords"):
+        L.windows(donkey, history=3, config=cfg)
+    with pytest.raises(ValueError, match="config.kind is 'windows'"):
+        L.steps(donkey, config=cfg)
+
+
+def test_fingerprint_follows_the_order_fields_only(donkey):
+    base = L.windows(donkey, config=L.LoaderConfig(history=2, batch_size=4, seed=3, num_epochs=2))
+    other_shape = L.windows(donkey, config=L.LoaderConfig(history=1, batch_size=4, seed=3, num_epochs=2,
+                                                          decode_images=False, resize=(12, 16), debug_keys=True))
+    assert base.get_state() == other_shape.get_state()  # same order, other features: the state carries over
+    next(iter(base))
+    other_shape.set_state(base.get_state())
+    np.testing.assert_array_equal(next(iter(other_shape))["index"], next(iter(base))["index"])
+    reseeded = L.windows(donkey, config=L.LoaderConfig(history=2, batch_size=4, seed=4, num_epochs=2))
+    assert reseeded.get_state()["fingerprint"] != base.get_state()["fingerprint"]
+
+
+def test_public_split_selection(donkey):
+    from rldskit.formats.step_index import resolve_split_slice, select_episodes
+
+    index = L.StepIndex.load(donkey)
+    n = index.num_episodes
+    assert list(resolve_split_slice(slice(None, "50%"), n, "train[:50%]")) == list(range(n // 2))
+    assert list(resolve_split_slice(slice("-1", None), n, "train[-1:]")) == [n - 1]
+    np.testing.assert_array_equal(select_episodes(index, "train[1:3]"), [1, 2])
+    np.testing.assert_array_equal(select_episodes(index, "train", lambda row: row["length"] > 2), [0, 1, 2])
+    with pytest.raises(ValueError, match="not a selection of the index's split"):
+        select_episodes(index, "test[:10%]")
+    with pytest.raises(ValueError, match="outside -100%..100%"):
+        resolve_split_slice(slice("150%", None), n, "train[150%:]")
+
+
+def test_step_fields_parse_the_same_with_and_without_protobuf(arm, monkeypatch):
+    from rldskit.formats import tfexample
+
+    source = L.StepSource(arm)
+    spec = source.index.spec
+    keys = [*spec.image_paths, "language_instruction"]
+    steps = np.arange(source.index.num_steps)
+    raw = source.read_records(steps)
+    fast = [tfexample.decode_step_fields(r, keys, spec) for r in raw]
+    monkeypatch.setattr(tfexample, "_EXAMPLE_CLASS", False)  # as without protobuf: this module's parser
+    slow = [tfexample.decode_step_fields(r, keys, spec) for r in raw]
+    assert fast == slow
+    full = [{k: d[k] for k in keys} for d in (tfexample.decode_step(r, spec) for r in raw)]
+    assert fast == full and any(d["observation/images/wrist"] == b"" for d in fast)
+    with pytest.raises(ExampleDecodeError, match="'observation/nope' is absent"):
+        tfexample.decode_step_fields(raw[0], ["observation/nope"], spec)
+
+
+def test_feature_moments_are_the_one_statistics_computation(arm):
+    from rldskit.loaders.normalize import feature_moments
+
+    index = L.StepIndex.load(arm)
+    st = L.compute_stats(index)
+    for key, s in st.items():
+        present = index.columns.get(key + "_present")
+        assert feature_moments(index.columns[key], present) == s
+    x = np.array([[1.0, np.nan], [3.0, np.inf], [5.0, np.nan]])
+    m = feature_moments(x, finite_only=True)
+    assert m["count"] == 3 and m["mean"] == [3.0, 0.0] and m["std"][1] == 1.0 and m["max"] == [5.0, 0.0]
+    np.testing.assert_allclose(m["std"][0], np.std([1.0, 3.0, 5.0]))
+    assert np.isnan(feature_moments(x)["mean"][1])  # the loaders' convention: every value counts
+
+
+def test_decode_image_is_the_one_codec():
+    from rldskit import images
+
+    assert L.decode_image is images.decode
+
+
+def test_index_sources_and_statistics_do_not_import_grain(donkey):
+    code = ("import sys; from rldskit.loaders import StepIndex, StepSource, compute_stats, Normalizer, LoaderConfig; "
+            f"ix = StepIndex.load({str(donkey)!r}); StepSource(ix)[0]; compute_stats(ix); LoaderConfig(history=2); "
+            "from rldskit.loaders.grain import StepIndex as S2, _resolve_slice; assert S2 is StepIndex; "
+            "assert 'grain' not in sys.modules, 'grain'; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

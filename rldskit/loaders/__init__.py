@@ -1,21 +1,29 @@
 """Training loaders over converted rldskit datasets (the step-major layout + ``episodes.parquet``).
 
-``import rldskit.loaders`` is cheap: Grain, pyarrow and PIL are imported when a name below is
-first used (they live in :mod:`rldskit.loaders.grain`).
+Small parts, one module each, composed the way Grain composes datasets; ``import rldskit.loaders``
+is cheap, and a name below imports only its own module when first used (Grain only for the
+iterator and the entry points; the rest is numpy, pyarrow and Pillow):
 
-* :func:`windows`: batches of observation histories and action chunks, padded and masked at
-  episode edges, optional goals (``goal="last"|"uniform"``) and language (:class:`Loader`: a
-  Grain ``DatasetIterator`` with ``len``, ``get_state``/``set_state``, checkpointable with
-  Grain's Orbax handler).
-* :func:`steps`: batches (or single) steps, same options.
-* :class:`StepIndex`: ``episodes.parquet`` in RAM (per-episode bounds and low-dimensional columns).
-* :class:`StepSource`, :class:`EpisodeSource`: Grain random-access data sources over the
-  step-major ArrayRecord files and over a TFDS RLDS folder's ArrayRecord episode shards.
-* :class:`WindowMaker`: the batch transform (index arithmetic, grouped reads, image decoding,
-  normalisation) that :func:`windows`/:func:`steps` map over batches of step indices.
-* :class:`Normalizer`, :func:`compute_stats`, :func:`load_stats`: per-feature statistics.
-* :class:`StepReadError` and its subclasses :class:`StepRecordCorruption`,
-  :class:`StepDecodeError`: a bad record, naming the file and record index.
+* :func:`windows`, :func:`steps` (:mod:`~rldskit.loaders.api`): a :class:`Loader` of batches of
+  observation histories and action chunks (padded and masked at episode edges, optional goals and
+  language), or of single steps.
+* :class:`LoaderConfig` (:mod:`~rldskit.loaders.config`): the frozen value that fixes a loader's
+  order and sample shape; ``windows(path, config=LoaderConfig(...))`` is the preferred form.
+* :class:`Loader` (:mod:`~rldskit.loaders.iterator`): a Grain ``DatasetIterator`` with ``len``,
+  ``get_state``/``set_state``, checkpointable with Grain's Orbax handler.
+* :class:`StepSource`, :class:`EpisodeSource` (:mod:`~rldskit.loaders.sources`): random-access
+  sources over the step-major ArrayRecord files and over a TFDS RLDS folder's ArrayRecord shards.
+* :class:`WindowMaker` (:mod:`~rldskit.loaders.windowing`): the batch transform (index arithmetic,
+  grouped reads, image decoding, normalisation).
+* The epoch order (:mod:`~rldskit.loaders.order`) and the recycled buffers and frame cache
+  (:mod:`~rldskit.loaders.buffers`).
+* :class:`Normalizer`, :func:`compute_stats`, :func:`load_stats` (:mod:`~rldskit.loaders.normalize`):
+  per-feature statistics.
+* Re-exported from the formats layer (:mod:`rldskit.formats.step_index`): :class:`StepIndex`
+  (``episodes.parquet`` in RAM), :class:`EpisodeRow`, :func:`parse_split`,
+  :func:`resolve_split_slice`, :func:`select_episodes`, and the errors :class:`StepReadError`,
+  :class:`StepRecordCorruption`, :class:`StepDecodeError` (a bad record, naming the file and record
+  index); and :func:`decode_image` (= :func:`rldskit.images.decode`).
 """
 
 from __future__ import annotations
@@ -23,17 +31,33 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = ("windows", "steps", "GOALS", "Loader", "StepIndex", "StepSource", "EpisodeSource", "EpisodeRow", "WindowMaker",
-            "Normalizer", "compute_stats", "load_stats", "decode_image", "parse_split", "StepReadError",
-            "StepRecordCorruption", "StepDecodeError", "STATS_FILE")
+#: public name -> the module that defines it
+_WHERE = {
+    "windows": "rldskit.loaders.api", "steps": "rldskit.loaders.api",
+    "LoaderConfig": "rldskit.loaders.config", "GOALS": "rldskit.loaders.config",
+    "Loader": "rldskit.loaders.iterator",
+    "StepSource": "rldskit.loaders.sources", "EpisodeSource": "rldskit.loaders.sources",
+    "WindowMaker": "rldskit.loaders.windowing",
+    "Normalizer": "rldskit.loaders.normalize", "compute_stats": "rldskit.loaders.normalize",
+    "load_stats": "rldskit.loaders.normalize", "STATS_FILE": "rldskit.loaders.normalize",
+    "StepIndex": "rldskit.formats.step_index", "EpisodeRow": "rldskit.formats.step_index",
+    "parse_split": "rldskit.formats.step_index", "resolve_split_slice": "rldskit.formats.step_index",
+    "select_episodes": "rldskit.formats.step_index", "StepReadError": "rldskit.formats.step_index",
+    "StepRecordCorruption": "rldskit.formats.step_index", "StepDecodeError": "rldskit.formats.step_index",
+}
+_ALIASES = {"decode_image": ("rldskit.images", "decode")}
 
-__all__ = list(_EXPORTS)
+__all__ = sorted([*_WHERE, *_ALIASES])
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    elif name in _ALIASES:
+        module, attr = _ALIASES[name]
+        value = getattr(importlib.import_module(module), attr)
+    else:
         raise AttributeError(f"module 'rldskit.loaders' has no attribute {name!r}")
-    value = getattr(importlib.import_module("rldskit.loaders.grain"), name)
     globals()[name] = value
     return value
 

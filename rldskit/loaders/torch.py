@@ -1,7 +1,7 @@
 """PyTorch adapter for rldskit loaders.
 
 One concept: **``TorchLoader``**, a ``torch.utils.data.IterableDataset`` over a
-:class:`~rldskit.loaders.grain.Loader`. It yields the same batches as torch tensors made with
+:class:`~rldskit.loaders.iterator.Loader`. It yields the same batches as torch tensors made with
 ``torch.from_numpy`` (they share memory with the numpy arrays: no copy); string and object
 arrays (text features) are passed through as numpy. Batching, shuffling, worker processes and
 resumption stay in the rldskit loader, so wrap it in a ``DataLoader`` with ``batch_size=None``
@@ -64,13 +64,13 @@ class TorchLoader(torch.utils.data.IterableDataset):
 
 def windows(path, **kwargs) -> TorchLoader:
     """:func:`rldskit.loaders.windows` as torch tensors."""
-    from rldskit.loaders.grain import windows as _windows
+    from rldskit.loaders.api import windows as _windows
 
     return TorchLoader(_windows(path, **kwargs))
 
 
 def steps(path, **kwargs) -> TorchLoader:
     """:func:`rldskit.loaders.steps` as torch tensors."""
-    from rldskit.loaders.grain import steps as _steps
+    from rldskit.loaders.api import steps as _steps
 
     return TorchLoader(_steps(path, **kwargs))
