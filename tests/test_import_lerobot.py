@@ -502,3 +502,35 @@ def test_lost_timestamp_start_is_reported(rldskit_exports, tmp_path):
     assert w and "rldskit.timestamp.control" in w[0].message
     ep = _eps(tmp_path / "out")[0]
     assert float(np.asarray(ep.steps["extra/rldskit.timestamp.control"]).max()) < 10.0
+
+
+def test_rldskit_export_rewritten_by_lerobot_tools(rldskit_exports, tmp_path):
+    """lerobot 0.4.4's ``dataset_tools.delete_episodes`` (checked with the real package) rebuilds
+    info.json without the ``rldskit`` mapping and meta/episodes without ``rldskit/*`` columns, but
+    keeps the data columns: masks and timestamp offsets are still recognised by their names."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    import rldskit
+
+    ds, new, _ = rldskit_exports
+    src = tmp_path / "so100"
+    shutil.copytree(new, src)
+    info = json.loads((src / "meta" / "info.json").read_text())
+    del info["rldskit"]
+    (src / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    for f in (src / "meta" / "episodes").rglob("*.parquet"):
+        t = pq.read_table(f)
+        pq.write_table(t.drop_columns([c for c in t.column_names if c.startswith("rldskit/")]), f)
+    rep = import_lerobot(src, tmp_path / "out")
+    assert rep.ok and len(rep.imported) == 3
+    spec = load_spec(tmp_path / "out" / "schema.json")
+    assert spec.leaf("observation/images/wrist").optional
+    assert "extra/rldskit.present.wrist" not in spec.step_leaves and "extra/rldskit.timestamp_start" not in spec.step_leaves
+    eps = _eps(tmp_path / "out")
+    for i, want in enumerate(rldskit.open(ds).episodes("train")):
+        mine = np.asarray(eps[i].steps["extra/rldskit.timestamp.control"], np.float64).reshape(-1)
+        assert mine.tobytes() == np.asarray(want.steps["timestamp/control"]).tobytes()
+        np.testing.assert_array_equal(eps[i].steps["observation/images/wrist_present"],
+                                      want.steps["observation/images/wrist_present"])

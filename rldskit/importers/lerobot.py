@@ -222,7 +222,10 @@ class _RldskitLayout:
     """What an rldskit export (``info.json["rldskit"]``) says about its extra columns: presence
     masks (mask key -> camera key; ``rldskit.present.<cam>``, or ``observation.images.<cam>_present``
     before issue 12) and timestamp offset columns with their start column (absent before issue 12,
-    when ``rldskit.timestamp.*`` held absolute times)."""
+    when ``rldskit.timestamp.*`` held absolute times). Without the mapping (LeRobot's
+    ``delete_episodes``/``split_dataset``/``merge_datasets`` rebuild info.json without it) the same
+    is read from the column names: bool ``rldskit.present.<cam>`` or ``<camera key>_present`` beside
+    a camera, and float64 ``rldskit.timestamp.*`` when ``rldskit.timestamp_start`` is a feature."""
 
     mapping: dict
     masks: dict
@@ -245,6 +248,22 @@ class _RldskitLayout:
             if cam in feats and feats[cam].get("dtype") in ("video", "image"):
                 masks[e["key"]] = cam
         ts = mapping.get("timestamps") if isinstance(mapping.get("timestamps"), dict) else {}
+        if not entries:  # no mapping (LeRobot's own tools rebuild info.json without it): by the names
+            from rldskit.exporters.lerobot import PRESENT_PREFIX, TIMESTAMP_START, TIMESTAMP_START_EPISODES
+
+            cams = {k for k, f in feats.items() if f.get("dtype") in ("video", "image")}
+            for k, f in feats.items():
+                if f.get("dtype") != "bool":
+                    continue
+                cam = "observation.images." + k[len(PRESENT_PREFIX):] if k.startswith(PRESENT_PREFIX) else \
+                    k[: -len("_present")] if k.endswith("_present") else None
+                if cam in cams:
+                    masks[k] = cam
+            if TIMESTAMP_START in feats:
+                ts = {"columns": [k for k, f in feats.items()
+                                  if k.startswith("rldskit.timestamp.") and f.get("dtype") == "float64"],
+                      "start_column": TIMESTAMP_START, "start_episodes_column": TIMESTAMP_START_EPISODES}
+                mapping = {**mapping, "timestamps": ts}
         return cls(mapping, masks, frozenset(ts.get("columns") or ()), ts.get("start_column"),
                    ts.get("start_episodes_column"))
 
