@@ -25,6 +25,11 @@
   dataset when present (``rldskit.stats`` or the loaders' normaliser write it), else computed
   here from the split's step index.
 
+No local path appears in the page or its marker file: the dataset is named ``<name>/<version>``,
+its spec file relative to the dataset folder, and the inputs by the paths the manifest records
+(relative to the sources given to ``rldskit convert``, e.g. ``pi5_donkey/ep_0000_00007``), so
+a report can be shared as it is.
+
 The page has no external resources: every plot and frame is a ``data:`` URI (PNG/JPEG), the CSS
 is inline and there is no JavaScript. Plots are drawn with matplotlib's Agg canvas (imported only
 by :func:`build_report`, so ``import rldskit.report`` costs the standard library and numpy).
@@ -537,6 +542,21 @@ def _issue(code: str, severity: str, episode: str | None, step: int | None, fiel
             "message": message}
 
 
+def _shown_folder(ds: Any) -> str:
+    """The dataset folder as the page names it: ``<name>/<version>``, never its local path."""
+    return f"{ds.name}/{ds.version}"
+
+
+def _shown_source(ds: Any) -> str:
+    """Where the spec came from: a file inside the dataset folder by its relative name; any other
+    path by its file name only."""
+    src = str(ds.spec_source)
+    try:
+        return Path(src).relative_to(ds.path).as_posix()
+    except ValueError:
+        return Path(src).name if os.path.isabs(src) else src
+
+
 def _quarantine_issues(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
     out = []
     for q in (manifest or {}).get("quarantine") or []:
@@ -748,8 +768,8 @@ def _render(d: _Data, *, max_episodes: int, frames_per_camera: int) -> str:
     counts = (d.manifest or {}).get("counts") or {}
     quarantine = (d.manifest or {}).get("quarantine") or []
     rows: list[tuple[str, Any]] = [
-        ("dataset", ds.name), ("version", ds.version), ("path", str(ds.path)),
-        ("spec", f"{spec.id} (version {spec.version}, from {ds.spec_source})"),
+        ("dataset", ds.name), ("version", ds.version), ("folder", _shown_folder(ds)),
+        ("spec", f"{spec.id} (version {spec.version}, from {_shown_source(ds)})"),
         ("description", spec.description), ("last step", spec.last_step),
         ("nominal rate", f"{spec.fps:g} Hz" if spec.fps else "not declared"),
         ("rate gate", f"{spec.rate_hz[0]:g}-{spec.rate_hz[1]:g} Hz" if spec.rate_hz else "not declared"),
@@ -956,7 +976,7 @@ def build_report(path: str | os.PathLike, out_dir: str | os.PathLike, *, split: 
     _check_out_dir(out)
     d = _load(path, split)
     page = _render(d, max_episodes=max_episodes, frames_per_camera=frames_per_camera)
-    marker = {"format": "rldskit.report/1", "dataset": str(d.ds.path), "split": d.split,
+    marker = {"format": "rldskit.report/1", "dataset": _shown_folder(d.ds), "split": d.split,
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     return _write(out, page, marker)
 

@@ -538,3 +538,58 @@ def test_import_rldskit_hub_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+# =========================================================================== no local paths (issue 12, item 4)
+
+
+LEAK = "LEAKROOT_q7x3"  # a distinctive folder name above the capture root
+
+
+def test_no_local_path_reaches_the_dataset_stats_report_or_the_pushed_repo(tmp_path, monkeypatch, capsys):
+    """convert -> stats -> report -> push, all through the CLI, with the episodes under a
+    distinctive absolute path and two of them quarantined: no written file (the dataset, the
+    report, the staging folder, the "remote" repo), read raw and decoded (parquet rows, every
+    ArrayRecord record, zstd), names the capture root, its parent or the test's folder."""
+    from helpers_leaks import leaks
+
+    from rldskit.cli import main
+
+    root = tmp_path / LEAK / "episodes" / "pi5_donkey"
+    spec = load_spec("pi5_donkey.v1").with_image_shape("observation/image", (24, 32, 3))
+    write_synthetic(spec, root, 4, 8, seed=3)
+    eps = sorted(p for p in root.iterdir() if p.is_dir())
+    f = eps[1] / "steps" / "000000.jsonl"
+    lines = f.read_text().splitlines(True)
+    step = json.loads(lines[2])
+    step["action"] = [float("nan"), 0.1]
+    lines[2] = json.dumps(step) + "\n"
+    f.write_text("".join(lines))
+    (eps[2] / "frames" / "image" / "000003.jpg").unlink()
+
+    data = tmp_path / "out" / "data"
+    assert main(["convert", str(root), "--out", str(data), "--name", "donkey", "--runner", "inline"]) == 1
+    ds = data / "donkey" / "1.0.0"
+    manifest = json.loads((ds / "manifest.json").read_text())
+    assert manifest["counts"]["quarantined"] == 2
+    assert sorted(q["key"] for q in manifest["quarantine"]) == [f"pi5_donkey/{eps[1].name}", f"pi5_donkey/{eps[2].name}"]
+    assert [i["source"] for i in manifest["inputs"]] == [f"pi5_donkey/{e.name}" for e in eps]
+    assert main(["stats", str(ds), "--by", "tag,control_role,source"]) == 0
+    by_source = json.loads((ds / "stats.json").read_text())["_dataset"]["by"]["source"]
+    assert sorted(by_source) == [f"pi5_donkey/{eps[0].name}", f"pi5_donkey/{eps[3].name}"]
+    report = tmp_path / "out" / "report"
+    assert main(["report", str(ds), "--out", str(report)]) == 0
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    remote = tmp_path / "out" / "remote"
+    api = FakeFolderApi(remote)
+    monkeypatch.setattr(hub, "_make_api", lambda token: api)
+    assert main(["push", str(ds), "--repo", "me/leak"]) == 0
+    capsys.readouterr()
+    assert (remote / "README.md").is_file() and (remote / "parquet").is_dir()
+    staging = ds.parent / ".rldskit-hub"
+    needles = [str(root), str(root.resolve()), str(root.parent), LEAK, str(tmp_path), str(tmp_path.resolve())]
+    found = leaks([ds, report, staging, remote], needles)
+    assert found == {}, found
+    # and the pulled copy still verifies against the manifest checksums
+    assert rldskit.open(hub.pull(remote, tmp_path / "pulled")).num_episodes() == 2

@@ -234,3 +234,98 @@ def test_bridge_default_gates_quarantine_everything_and_leave_no_dataset(tmp_pat
     with pytest.raises(ConversionError, match="all 50 inputs were quarantined.*FLAG_IS_LAST"):
         convert([BRIDGE], tmp_path / "data", name="b", runner="inline", last_step="valid", formats=("array_record",))
     assert not (tmp_path / "data" / "b" / "1.0.0" / "dataset_info.json").exists()
+
+
+# =========================================================================== inputs recorded without local paths
+
+
+def _tree_digest(folder: Path) -> str:
+    """Independent model of an input's digest: sha256 of 'relpath NUL size NUL sha256 LF' lines."""
+    import hashlib
+
+    lines = []
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = f.relative_to(folder).as_posix()
+        lines.append(f"{rel}\0{f.stat().st_size}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def test_inputs_are_recorded_relative_to_their_source_with_a_content_digest(captures, tmp_path):
+    a = tmp_path / "site_a" / "deep" / "eps"
+    damaged = _with_bad_episodes(captures, a)
+    b = tmp_path / "site_b" / "eps"
+    shutil.copytree(a, b)
+    (b / sorted(damaged)[0] / ".metadata.json.123.tmp").write_text("an interrupted write")  # hidden: not content
+    ra = convert([a], tmp_path / "da", name="donkey", runner="inline", shard_size_mb=0.05)
+    rb = convert([b], tmp_path / "db", name="donkey", runner="inline", shard_size_mb=0.05)
+    eps = sorted(p for p in a.iterdir() if p.is_dir())
+    m = ra.manifest
+    assert [i["source"] for i in m["inputs"]] == [f"eps/{e.name}" for e in eps]
+    assert [i["sha256"] for i in m["inputs"]] == [_tree_digest(e) for e in eps]
+    assert sorted(q["key"] for q in m["quarantine"]) == sorted(f"eps/{n}" for n in damaged)
+    assert m["roots"] == [{"root": 0, "name": "eps", "kind": "capture", "inputs": 6, "sha256": m["roots"][0]["sha256"]}]
+    # the same episodes elsewhere give the same manifest and byte-identical files
+    assert rb.manifest == m
+    text = (ra.path / "manifest.json").read_text() + json.dumps(
+        __import__("pyarrow.parquet", fromlist=["x"]).read_table(ra.path / "episodes.parquet").column("source").to_pylist())
+    assert str(tmp_path) not in text and "site_a" not in text
+    for o in m["outputs"]:
+        assert (ra.path / o["file"]).read_bytes() == (rb.path / o["file"]).read_bytes(), o["file"]
+    # reasons name files inside the episode, never where it lives
+    assert all(str(tmp_path) not in r["message"] for q in m["quarantine"] for r in q["reasons"])
+    # a manifest source resolves back to the input, given the sources of the run
+    from rldskit.pipeline.plan import resolve_source
+
+    assert [resolve_source(i["source"], [a]) for i in m["inputs"]] == eps
+    with pytest.raises(KeyError, match="no source named"):
+        resolve_source("other/ep", [a])
+    # one changed frame changes that input's digest (and its root's) only
+    frame = next((eps[0] / "frames" / "image").iterdir())
+    data = bytearray(frame.read_bytes())
+    data[-3] ^= 0x01
+    frame.write_bytes(bytes(data))
+    rc = convert([a], tmp_path / "dc", name="donkey", runner="inline", shard_size_mb=0.05)
+    changed = [x["source"] for x, y in zip(rc.manifest["inputs"], m["inputs"]) if x["sha256"] != y["sha256"]]
+    assert changed == [f"eps/{eps[0].name}"]
+    assert rc.manifest["roots"][0]["sha256"] != m["roots"][0]["sha256"]
+
+
+def test_sources_sharing_a_name_tfds_inputs_and_single_files_are_recorded_apart(captures, tmp_path):
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from helpers_capture import inline_frames, read_lines, read_meta, with_flags, write_single_file
+    from rldskit.pipeline.plan import InputItem, resolve_source
+    from rldskit.pipeline.shard import _record_bytes
+
+    a, b = tmp_path / "one" / "eps", tmp_path / "two" / "eps"
+    shutil.copytree(captures, a)
+    shutil.copytree(captures, b)
+    res = convert([a, b], tmp_path / "d", name="two", runner="inline")
+    assert [(r["name"], r["inputs"]) for r in res.manifest["roots"]] == [("eps", 6), ("eps~2", 6)]
+    sources = [i["source"] for i in res.manifest["inputs"]]
+    assert len(set(sources)) == 12 and all(s.startswith(("eps/", "eps~2/")) for s in sources)
+    assert pq.read_table(res.path / "episodes.parquet").column("source").to_pylist() == sources
+    assert [resolve_source(s, [a, b]).parent for s in sources] == [a] * 6 + [b] * 6
+    # a converted dataset as input: records of its shards, under the given folder's name
+    again = convert([res.path], tmp_path / "d2", name="again", runner="inline", formats=("array_record",))
+    first = again.manifest["inputs"][0]
+    assert all(i["source"].startswith("1.0.0/two-train.tfrecord-") and "#" in i["source"]
+               for i in again.manifest["inputs"])
+    assert str(tmp_path) not in json.dumps(again.manifest)
+    shard = resolve_source(first["source"], [res.path])
+    assert shard.parent == res.path and shard.is_file()
+    item = InputItem(0, "tfds", str(shard), "train", 0, record=0, source_format="tfrecord")
+    assert first["sha256"] == hashlib.sha256(_record_bytes(item)).hexdigest()
+    # a single-file episode given as the source itself: recorded by its file name, digest = its sha256
+    ep = sorted(p for p in captures.iterdir() if p.is_dir())[0]
+    single = tmp_path / "files" / "ep7.json"
+    single.parent.mkdir()
+    meta = {k: v for k, v in read_meta(ep).items() if k not in ("status", "end")}
+    write_single_file(single, meta, with_flags(inline_frames(ep, read_lines(ep), small_spec()), False))
+    one = convert([single], tmp_path / "d3", name="one", runner="inline", spec=small_spec())
+    assert one.counts["written"] == 1, one.manifest["quarantine"]
+    assert [(i["source"], i["sha256"]) for i in one.manifest["inputs"]] == \
+        [("ep7.json", hashlib.sha256(single.read_bytes()).hexdigest())]
+    assert resolve_source("ep7.json", [single]) == single

@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -193,6 +194,23 @@ def test_donkey_report_has_every_section_valid_images_and_the_quarantine(donkey,
     # statistics computed here (no stats.json): quantiles present
     stats = _section_text(text, "stats")
     assert "computed from episodes.parquet" in stats and "q01" in stats and "q99" in stats
+
+
+def test_quarantine_table_names_inputs_relative_to_the_converted_source(donkey, tmp_path):
+    """The quarantined input is shown as ``cap/<episode>`` (the path under the source given to
+    convert, starting with its name), and no local path appears in the page or its marker."""
+    index = build_report(donkey, tmp_path / "rep")
+    text = index.read_text(encoding="utf-8")
+    summary = _section_text(text, "summary")
+    table = summary[summary.index("<h3>Quarantined inputs</h3>"):]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table)
+    assert "cap/ep_0000_00002" in cells, cells[:6]
+    capture_root = donkey.parents[2] / "cap"
+    for f in (index, index.parent / REPORT_MARKER):
+        body = f.read_text(encoding="utf-8")
+        assert str(capture_root) not in body and str(donkey.parents[2]) not in body, f
+    assert json.loads((index.parent / REPORT_MARKER).read_text())["dataset"] == "donkey/1.0.0"
+    assert "from rldskit_spec.json" in summary
 
 
 def test_arm_report_two_cameras_and_grey_tiles_for_absent_wrist_frames(arm, tmp_path):

@@ -4,7 +4,12 @@ Three concepts:
 
 * **``InputItem``**: one input episode with a stable key (a capture folder or single-file
   episode, or one record of an existing TFDS RLDS dataset), its output split and its size.
-  :func:`plan_conversion` lists every input in a deterministic order.
+  :func:`plan_conversion` lists every input in a deterministic order. The key is the input's
+  path *relative to the source given on the command line*, starting with that source's own
+  name (``pi5_donkey/ep_0000_00007`` for ``convert /data/episodes/pi5_donkey``): it is what the
+  manifest, ``episodes.parquet``, quarantine reasons, statistics, the report and the Hub card
+  show, so no local absolute path leaves the machine; the absolute ``path`` is used only to
+  read the input. Identity comes with a content digest (:func:`input_digest`).
 * **``ShardPlan``**: contiguous runs of inputs of roughly ``shard_size_mb`` each, per split.
   The plan depends only on the inputs and the options, never on the runner or the number of
   workers, so every runner writes byte-identical shards.
@@ -23,13 +28,14 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rldskit._io import atomic_write_bytes
 from rldskit.spec import EpisodeSpec
 
-__all__ = ["InputItem", "ShardPlan", "ConvertOptions", "ConversionError", "plan_conversion", "finalize", "WORK_DIR"]
+__all__ = ["InputItem", "ShardPlan", "ConvertOptions", "ConversionError", "plan_conversion", "finalize", "WORK_DIR",
+           "input_digest", "resolve_source", "scrub_paths"]
 
 WORK_DIR = ".rldskit_work"
 STEPS_DIR = "steps"
@@ -43,7 +49,10 @@ class ConversionError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class InputItem:
     """One input episode. ``kind`` is ``capture`` (``path`` is a folder or file) or ``tfds``
-    (``path`` is a shard file of an existing dataset, ``record`` the record index in it)."""
+    (``path`` is a shard file of an existing dataset, ``record`` the record index in it).
+    ``rel``: the POSIX path recorded for it, relative to its source's parent (so it starts with
+    the source's name; see the module docstring); ``root``: the index of that source in the
+    manifest's ``roots``. ``path`` (absolute) is for reading only and is never written out."""
 
     index: int
     kind: str
@@ -52,10 +61,26 @@ class InputItem:
     size: int
     record: int | None = None
     source_format: str | None = None
+    rel: str = ""
+    root: int = 0
 
     @property
     def key(self) -> str:
-        return self.path if self.record is None else f"{self.path}#{self.record}"
+        """What outputs record: ``rel`` (``#record`` for a record of a TFDS shard); the plain path
+        for items built without one (e.g. by the TFDS builder)."""
+        name = self.rel or self.path
+        return name if self.record is None else f"{name}#{self.record}"
+
+    @property
+    def root_path(self) -> str | None:
+        """The absolute path of the source this item was found under (``None`` without ``rel``)."""
+        if not self.rel:
+            return None
+        depth = len(PurePosixPath(self.rel).parts) - 1
+        p = Path(self.path)
+        for _ in range(depth):
+            p = p.parent
+        return str(p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +117,16 @@ class ConvertOptions:
 
 
 def _tree_size(p: Path) -> int:
+    """Bytes of an input: the file, or the files of a folder (hidden ones, such as an interrupted
+    atomic write's temp file, are not part of the episode and do not count)."""
     if p.is_file():
         return p.stat().st_size
     total = 0
-    for root, _dirs, files in os.walk(p):
+    for root, dirs, files in os.walk(p):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         for f in files:
+            if f.startswith("."):
+                continue
             try:
                 total += os.stat(os.path.join(root, f)).st_size
             except OSError:
@@ -109,35 +139,66 @@ def _is_tfds_dir(p: Path) -> bool:
         (c / "dataset_info.json").is_file() for c in (p.iterdir() if p.is_dir() else []) if c.is_dir())
 
 
+def root_names(sources: Sequence[str | Path]) -> list[str]:
+    """The name each source is recorded under: its own folder or file name (``.`` and ``..``
+    resolved first), made unique with ``~2``, ``~3``... when two sources share a name."""
+    names: list[str] = []
+    for src in sources:
+        p = Path(src)
+        base = p.name if p.name not in ("", ".", "..") else Path(os.path.abspath(p)).resolve().name
+        base = base or "root"
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}~{n}"
+        names.append(name)
+    return names
+
+
+def _rel_under(path: Path, root: Path, name: str) -> str:
+    """``path`` relative to ``root`` as a POSIX path prefixed by ``name`` (``name`` alone when
+    ``path`` is ``root``); falls back to resolved paths, then to the file name."""
+    for a, b in ((path, root), (path.resolve(), root.resolve())):
+        try:
+            rel = a.relative_to(b).as_posix()
+        except ValueError:
+            continue
+        return name if rel in ("", ".") else f"{name}/{rel}"
+    return f"{name}/{path.name}"
+
+
 def plan_conversion(sources: Sequence[str | Path], *, split: str = "train", shard_size_mb: float = 64.0,
                     last_step: str | None = None) -> tuple[list[InputItem], list[ShardPlan], EpisodeSpec | None, list[str]]:
     """List the inputs and cut them into shards. Returns ``(items, shards, tfds_spec,
     problems)``: ``tfds_spec`` is the spec of TFDS inputs (``None`` when all are captures);
-    ``problems`` are sources that could not be listed (a missing path, an empty folder)."""
+    ``problems`` are sources that could not be listed (a missing path, an empty folder).
+    Each item's ``rel`` is its path under its source, prefixed by :func:`root_names`."""
     from rldskit.formats.capture_dir import find_episodes
 
     items: list[InputItem] = []
     problems: list[str] = []
     tfds_spec: EpisodeSpec | None = None
-    for src in sources:
+    for r, (src, name) in enumerate(zip(sources, root_names(sources))):
         p = Path(src)
         if p.is_dir() and _is_tfds_dir(p):
             from rldskit.formats.tfds_dir import open_dataset
 
             ds = open_dataset(p, last_step=last_step)
             if tfds_spec is not None and tfds_spec != ds.spec:
-                raise ConversionError(f"{p}: its schema differs from the other TFDS inputs'; convert them separately")
+                raise ConversionError(f"{name}: its schema differs from the other TFDS inputs'; convert them separately")
             tfds_spec = ds.spec
             for split_name, shards in ds.splits.items():
                 for shard in shards:
                     fmt = "array_record" if ".array_record" in shard.name else "tfrecord"
                     for rec, size in enumerate(_record_sizes(shard, fmt)):
-                        items.append(InputItem(len(items), "tfds", str(shard), split_name, size, rec, fmt))
+                        items.append(InputItem(len(items), "tfds", str(shard), split_name, size, rec, fmt,
+                                               rel=_rel_under(Path(shard), p, name), root=r))
             continue
         found, issues = find_episodes([p])
         problems.extend(i.message for i in issues)
         for ep in found:
-            items.append(InputItem(len(items), "capture", str(ep), split, _tree_size(ep)))
+            items.append(InputItem(len(items), "capture", str(ep), split, _tree_size(ep),
+                                   rel=_rel_under(Path(ep), p, name), root=r))
     target = max(1, int(shard_size_mb * 1024 * 1024))
     shards: list[ShardPlan] = []
     for split_name in dict.fromkeys(i.split for i in items):
@@ -201,15 +262,18 @@ def finalize(opts: ConvertOptions, items: Sequence[InputItem], shards: Sequence[
     out = Path(opts.out_dir)
     infos = _read_infos(opts, shards)
     seen: dict[int, str] = {}
+    digests: dict[int, str | None] = {}
     for info in infos:
         for e in info["episodes"]:
             if e["index"] in seen:
                 raise ConversionError(f"input {e['key']} was written twice ({seen[e['index']]} and {info['shard']})")
             seen[e["index"]] = info["shard"]
+            digests[e["index"]] = e.get("sha256")
         for q in info["quarantined"]:
             if q["index"] in seen:
                 raise ConversionError(f"input {q['key']} was both written and quarantined")
             seen[q["index"]] = info["shard"]
+            digests[q["index"]] = q.get("sha256")
     missing = [it for it in items if it.index not in seen]
     written = sum(len(i["episodes"]) for i in infos)
     quarantined = sum(len(i["quarantined"]) for i in infos)
@@ -265,14 +329,17 @@ def finalize(opts: ConvertOptions, items: Sequence[InputItem], shards: Sequence[
     if opts.step_index:
         _write_episode_index(out, opts, infos, index_rows)
     quarantine = [dict(q, shard=i["shard"]) for i in infos for q in i["quarantined"]]
+    quarantined_ids = {q["index"] for q in quarantine}
     manifest = {
         "format": "rldskit.dataset/1",
         "name": opts.name,
         "spec": json.loads(opts.spec_json)["name"],
         "counts": {"inputs": len(items), "written": written, "quarantined": quarantined,
                    "steps": sum(r["length"] for r in index_rows)},
-        "inputs": [{"index": it.index, "kind": it.kind, "source": it.key, "split": it.split, "bytes": it.size,
-                    "status": "quarantined" if any(q["index"] == it.index for q in quarantine) else "written"}
+        "roots": _roots(items, digests),
+        "inputs": [{"index": it.index, "kind": it.kind, "source": it.key, "root": it.root, "split": it.split,
+                    "bytes": it.size, "sha256": digests.get(it.index),
+                    "status": "quarantined" if it.index in quarantined_ids else "written"}
                    for it in items],
         "outputs": outputs,
         "quarantine": quarantine,
@@ -284,6 +351,38 @@ def finalize(opts: ConvertOptions, items: Sequence[InputItem], shards: Sequence[
                         description=description)
     shutil.rmtree(opts.work_dir, ignore_errors=True)
     return manifest
+
+
+def _roots(items: Sequence[InputItem], digests: dict[int, str | None]) -> list[dict[str, Any]]:
+    """The manifest's ``roots``: one entry per source given on the command line that had inputs,
+    by its recorded name (never its local path), with its input count and a digest of its input
+    set: sha256 over ``<source>\\0<input sha256>\\n`` of its inputs in plan order."""
+    import hashlib
+
+    out: dict[int, dict[str, Any]] = {}
+    hashes: dict[int, Any] = {}
+    for it in items:
+        if it.root not in out:
+            out[it.root] = {"root": it.root, "name": (it.rel or it.path).split("/", 1)[0], "kind": it.kind, "inputs": 0}
+            hashes[it.root] = hashlib.sha256()
+        out[it.root]["inputs"] += 1
+        hashes[it.root].update(f"{it.key}\0{digests.get(it.index) or ''}\n".encode())
+    return [dict(v, sha256=hashes[k].hexdigest()) for k, v in sorted(out.items())]
+
+
+def resolve_source(source: str, sources: Sequence[str | Path]) -> Path:
+    """The local path of a manifest input ``source`` (``"pi5_donkey/ep_0000_00007"``, or with a
+    ``#record`` suffix for a TFDS record) given the ``sources`` the conversion was run with:
+    the inverse of the recording (see the module docstring). Raises ``KeyError`` when no source
+    has the recorded name."""
+    name, _, rest = source.partition("/")
+    rest = rest.split("#", 1)[0] if "#" in rest else rest
+    if not rest and "#" in name:
+        name = name.split("#", 1)[0]
+    for src, recorded in zip(sources, root_names(sources)):
+        if recorded == name:
+            return Path(src) / rest if rest else Path(src)
+    raise KeyError(f"{source}: no source named {name!r} among {root_names(sources)}")
 
 
 def _write_episode_index(out: Path, opts: ConvertOptions, infos: Sequence[dict[str, Any]], rows: list[dict[str, Any]]) -> None:

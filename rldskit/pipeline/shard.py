@@ -15,11 +15,17 @@
 Everything is written under the work folder with temp-then-rename writers; the result is
 described by ``<work>/<shard>.json`` (written last, atomically), which finalisation reads.
 Memory holds one episode at a time (frames are read lazily from disk).
+
+Each input is recorded by its key (its path relative to its source, never the absolute path:
+reasons are passed through :func:`scrub_paths`) and a content digest (:func:`input_digest`),
+computed here, in the workers, right after the input was read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from rldskit.issues import ERROR
 from rldskit.pipeline.plan import ConvertOptions, InputItem
 from rldskit.spec import EpisodeSpec, Image, Text
 
-__all__ = ["write_shard", "load_checked", "LOWDIM_MAX_ELEMENTS"]
+__all__ = ["write_shard", "load_checked", "input_digest", "scrub_paths", "LOWDIM_MAX_ELEMENTS"]
 
 LOWDIM_MAX_ELEMENTS = 64  # step features with at most this many elements go into episodes.parquet
 
@@ -59,21 +65,77 @@ def load_checked(item: InputItem, spec: EpisodeSpec, gates) -> tuple[Episode | N
     return episode, []
 
 
+def _record_bytes(item: InputItem) -> bytes:
+    """The serialized episode of a ``tfds`` input (one record of a shard)."""
+    if item.source_format == "array_record":
+        from rldskit.formats.arrayrecord import ArrayRecordShardReader
+
+        with ArrayRecordShardReader(item.path) as r:
+            return r.read([item.record])[0]
+    from rldskit.formats.tfrecord import read_record_at
+
+    return read_record_at(item.path, _tfrecord_offset(item.path, item.record))
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_digest(item: InputItem) -> str | None:
+    """A sha256 (hex) that identifies an input by its content, wherever it lives: for a
+    single-file episode the file's sha256; for a capture folder the sha256 of its listing, one
+    line ``<relative POSIX path>\\0<size>\\0<sha256 of the file>\\n`` per file in sorted order
+    (hidden files, such as an interrupted atomic write's temp file, are left out); for a record
+    of a TFDS shard the sha256 of the record's bytes. ``None`` when the input cannot be read."""
+    try:
+        if item.kind == "tfds":
+            return hashlib.sha256(_record_bytes(item)).hexdigest()
+        root = item.path
+        if os.path.isfile(root):
+            return _file_sha256(root)
+        files = []
+        for dirpath, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            rel_dir = os.path.relpath(dirpath, root)
+            for n in names:
+                if n.startswith("."):
+                    continue
+                rel = n if rel_dir == "." else f"{rel_dir}/{n}".replace(os.sep, "/")
+                files.append((rel, os.path.join(dirpath, n)))
+        h = hashlib.sha256()
+        for rel, full in sorted(files):
+            h.update(f"{rel}\0{os.path.getsize(full)}\0{_file_sha256(full)}\n".encode())
+        return h.hexdigest()
+    except (OSError, ValueError):
+        return None
+
+
+def scrub_paths(text: str, item: InputItem) -> str:
+    """``text`` (an issue message) with the input's absolute path and its source's absolute path,
+    as given and resolved, replaced by the recorded ones (``item.rel`` and the source's name)."""
+    if not item.rel:
+        return text
+    root = item.root_path
+    name = item.rel.split("/", 1)[0]
+    pairs = [(item.path, item.rel), (os.path.realpath(item.path), item.rel)]
+    if root:
+        pairs += [(root, name), (os.path.realpath(root), name)]
+    for old, new in sorted(pairs, key=lambda kv: -len(kv[0])):
+        if old and old not in (".", "/"):
+            text = text.replace(old, new)
+    return text
+
+
 def _read_tfds_record(item: InputItem, spec: EpisodeSpec):
     from rldskit.formats.tfexample import ExampleDecodeError, decode_episode
     from rldskit.issues import issue
 
     try:
-        if item.source_format == "array_record":
-            from rldskit.formats.arrayrecord import ArrayRecordShardReader
-
-            with ArrayRecordShardReader(item.path) as r:
-                data = r.read([item.record])[0]
-        else:
-            from rldskit.formats.tfrecord import read_record_at
-
-            data = read_record_at(item.path, _tfrecord_offset(item.path, item.record))
-        return decode_episode(data, spec), []
+        return decode_episode(_record_bytes(item), spec), []
     except (ExampleDecodeError, ValueError, OSError) as e:
         return None, [issue("RECORD_UNDECODABLE", item.key, f"{type(e).__name__}: {e}")]
 
@@ -162,13 +224,16 @@ def write_shard(opts: ConvertOptions, split: str, index: int, items: Sequence[In
     try:
         for item in items:
             episode, reasons = load_checked(item, spec, gates)
+            digest = input_digest(item)
             if episode is None:
-                quarantined.append({"index": item.index, "key": item.key, "reasons": reasons})
+                reasons = [dict(r, message=scrub_paths(str(r.get("message", "")), item)) for r in reasons]
+                quarantined.append({"index": item.index, "key": item.key, "sha256": digest, "reasons": reasons})
                 continue
             record = encode_episode(episode, spec)
             for w in writers.values():
                 w.write(record)
-            entry = {"index": item.index, "key": item.key, "episode_id": episode.episode_id or item.key,
+            entry = {"index": item.index, "key": item.key, "sha256": digest,
+                     "episode_id": episode.episode_id or item.key,
                      "length": len(episode), "terminal": episode.is_terminal}
             if steps is not None:
                 entry["step_file"], entry["step_offset"] = steps.start_episode()
