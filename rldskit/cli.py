@@ -319,8 +319,14 @@ def cmd_recover(args: argparse.Namespace) -> int:
         if r["status"] != "recovered" or before == "recovered":
             print(f"{p}: already {r['status']}, left as it is")
         else:
+            temps = [m for m in r["removed"] if " (" not in m]  # the others say what was done and why
             print(f"{p}: {r['status']}, {r['num_steps']} steps kept, {r['dropped_bytes']} bytes of a torn line dropped"
-                  + (f", removed {len(r['removed'])} temp files" if r["removed"] else ""))
+                  + (f", removed {len(temps)} temp files" if temps else "")
+                  + (f", {len(r['removed']) - len(temps)} step files set aside or deduplicated"
+                     if len(r["removed"]) > len(temps) else ""))
+            for m in r["removed"]:
+                if any(m.startswith(c + " ") for c in r.get("corrupt", ())):  # a bad copy beside a good one
+                    print(f"rldskit: warning: {p}: {m}", file=sys.stderr)
     return code
 
 

@@ -377,7 +377,7 @@ def test_recover_leaves_complete_episodes_alone(tmp_path):
     ep = record(tmp_path, spec, steps, terminal=True, chunk_steps=3, compress=True)
     before = {f: f.read_bytes() for f in ep.rglob("*") if f.is_file()}
     r = recover_episode(ep)
-    assert r == {"path": str(ep), "status": "complete", "num_steps": 8, "dropped_bytes": 0, "removed": []}
+    assert r == {"path": str(ep), "status": "complete", "num_steps": 8, "dropped_bytes": 0, "removed": [], "corrupt": []}
     assert {f: f.read_bytes() for f in ep.rglob("*") if f.is_file()} == before
     assert read_episode(ep).is_terminal
 
@@ -426,3 +426,144 @@ def test_corrupt_middle_chunk_keeps_its_original_bytes_aside(tmp_path):
     assert r["num_steps"] == 8
     assert (ep / "steps" / "000005.jsonl.zst.orphan").read_bytes() == damaged  # the original, as it was
     assert len(read_episode(ep)) == 8
+
+
+# --------------------------------------------------------------------------- a bad .zst beside its plain twin
+# A crash (or power cut) between compressing a closed chunk and removing its plain copy leaves both; if the
+# .zst then cannot be read (torn by a power cut, bit rot), the plain copy is the only readable one and must
+# be kept: recovery verifies the compressed twin before removing the plain one, and sets a bad one aside.
+
+
+def _twins_with_bad_zst(tmp_path: Path, damage) -> tuple[Path, list, bytes, bytes]:
+    """A killed recording of 17 steps in chunks of 5 whose second chunk exists twice: plain, and as a
+    ``.zst`` that ``damage(compressed bytes)`` spoilt. Returns (episode, steps, plain bytes, bad bytes)."""
+    ep, steps = _recording(tmp_path, 17, chunk_steps=5, compress=False)
+    plain = ep / "steps" / "000005.jsonl"
+    data = plain.read_bytes()
+    import zstandard
+
+    bad = damage(zstandard.ZstdCompressor(level=3).compress(data))
+    (ep / "steps" / "000005.jsonl.zst").write_bytes(bad)
+    return ep, steps, data, bad
+
+
+def _flip_byte(b: bytes, at: int) -> bytes:
+    return b[:at] + bytes([b[at] ^ 0xFF]) + b[at + 1:]
+
+
+BAD_TWINS = {
+    "truncated": lambda b: b[:-9],
+    "empty": lambda b: b"",
+    "garbage": lambda b: b"\x28\xb5\x2f\xfd" + b"\x00" * 40,
+    "zeroed after a power cut": lambda b: bytes(len(b)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TWINS), ids=list(BAD_TWINS))
+def test_unreadable_zst_beside_its_plain_twin_keeps_every_step(tmp_path, case):
+    ep, steps, data, bad = _twins_with_bad_zst(tmp_path, BAD_TWINS[case])
+    check_unfinished(ep)
+    r = recover_episode(ep)
+    assert r["num_steps"] == 17, r
+    steps_dir = ep / "steps"
+    assert (steps_dir / "000005.jsonl").read_bytes() == data  # the only readable copy, untouched
+    assert (steps_dir / "000005.jsonl.zst.corrupt").read_bytes() == bad  # set aside as it was, not deleted
+    assert not (steps_dir / "000005.jsonl.zst").exists()
+    assert r["corrupt"] == ["steps/000005.jsonl.zst"], r
+    assert any("000005.jsonl.zst" in m and "corrupt" in m for m in r["removed"]), r
+    # the recovered episode holds every logged step, and every check of a clean recovery holds
+    check_recovered(ep, steps, min_steps=17, max_steps=17)
+
+
+def test_scan_with_recover_reads_the_plain_twin_of_an_unreadable_zst(tmp_path):
+    ep, steps, _, _ = _twins_with_bad_zst(tmp_path, BAD_TWINS["truncated"])
+    res = scan_episode(ep, recover=True, load_frames=True)
+    assert res.ok and len(res.episode) == 17, res.issues
+    assert_columns_equal(res.episode.steps, expected_columns(donkey_spec(), steps, terminal=False))
+    assert (ep / "steps" / "000005.jsonl.zst").exists()  # a read changes nothing
+
+
+def test_zst_that_decodes_to_other_steps_than_its_plain_twin_is_set_aside(tmp_path):
+    """A .zst that decodes completely but not to its plain twin's bytes (a line lost inside it)."""
+    import zstandard
+
+    def one_line_short(b: bytes) -> bytes:
+        lines = zstandard.ZstdDecompressor().decompressobj().decompress(b).split(b"\n")
+        return zstandard.ZstdCompressor().compress(b"\n".join(lines[:2] + lines[3:]))
+
+    ep, steps, data, bad = _twins_with_bad_zst(tmp_path, one_line_short)
+    assert len(read_episode(ep, recover=True)) == 17
+    r = recover_episode(ep)
+    assert r["num_steps"] == 17 and r["corrupt"] == ["steps/000005.jsonl.zst"], r
+    assert (ep / "steps" / "000005.jsonl").read_bytes() == data
+    assert (ep / "steps" / "000005.jsonl.zst.corrupt").read_bytes() == bad
+    check_recovered(ep, steps, min_steps=17, max_steps=17)
+
+
+def test_recover_cli_reports_a_corrupt_twin(tmp_path):
+    from rldskit.cli import main
+
+    ep, _, _, _ = _twins_with_bad_zst(tmp_path, BAD_TWINS["truncated"])
+    proc = subprocess.run([sys.executable, "-m", "rldskit.cli", "recover", str(ep)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "17 steps kept" in proc.stdout, proc.stdout
+    assert "000005.jsonl.zst" in proc.stderr and "000005.jsonl.zst.corrupt" in proc.stderr, proc.stderr
+    assert main(["recover", str(ep)]) == 0  # idempotent: already recovered
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from fuzzing import examples  # noqa: E402
+
+
+@given(data=st.data())
+@settings(max_examples=examples(25), deadline=None)
+def test_any_damage_to_a_zst_with_a_plain_twin_loses_no_step(tmp_path_factory, data):
+    """Truncate the compressed twin at any point, or flip any one byte of it: recovery keeps all 17
+    steps (from whichever copy reads completely and agrees), and nothing is deleted unverified."""
+    import zstandard
+
+    tmp_path = tmp_path_factory.mktemp("twin")
+    ep, steps = _recording(tmp_path, 17, chunk_steps=5, compress=False)
+    plain = ep / "steps" / "000005.jsonl"
+    good = zstandard.ZstdCompressor(level=3).compress(plain.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        bad = good[: data.draw(st.integers(0, len(good) - 1), label="cut")]
+    else:
+        bad = _flip_byte(good, data.draw(st.integers(0, len(good) - 1), label="flip"))
+    (ep / "steps" / "000005.jsonl.zst").write_bytes(bad)
+    assert len(scan_episode(ep, recover=True).episode) == 17
+    r = recover_episode(ep)
+    assert r["num_steps"] == 17, r
+    names = sorted(f.name for f in (ep / "steps").iterdir())
+    assert "000005.jsonl" in names or "000005.jsonl.zst" in names
+    if "000005.jsonl.zst" not in names:  # the bad copy is kept aside, byte for byte
+        assert (ep / "steps" / "000005.jsonl.zst.corrupt").read_bytes() == bad
+    check_recovered(ep, steps, min_steps=17, max_steps=17)
+
+
+def test_compaction_keeps_the_plain_chunk_when_its_zst_does_not_read_back(tmp_path, monkeypatch, caplog):
+    """The logger compresses each closed chunk, then removes the plain one: only after reading the
+    ``.zst`` back from disk and finding the same bytes. Here the disk tears every ``.zst`` write (as a
+    lying cache or a full SD card can): every plain chunk stays, each bad ``.zst`` is set aside as
+    ``.zst.corrupt`` and reported, and the episode reads back whole."""
+    import logging
+
+    import rldskit.formats.capture_dir as capture_dir
+
+    real = capture_dir.atomic_write_bytes
+
+    def torn_zst(path, data, **kw):
+        return real(path, data[: len(data) // 2] if str(path).endswith(".zst") else data, **kw)
+
+    monkeypatch.setattr(capture_dir, "atomic_write_bytes", torn_zst)
+    spec = donkey_spec()
+    steps = plan(spec, 17)
+    with caplog.at_level(logging.WARNING, logger="rldskit"):
+        ep = record(tmp_path, spec, steps, terminal=True, chunk_steps=5, compress=True)
+    names = sorted(f.name for f in (ep / "steps").iterdir())
+    assert names == ["000000.jsonl", "000000.jsonl.zst.corrupt", "000005.jsonl", "000005.jsonl.zst.corrupt",
+                     "000010.jsonl", "000010.jsonl.zst.corrupt", "000015.jsonl", "000015.jsonl.zst.corrupt"], names
+    assert sum("000005.jsonl.zst" in r.getMessage() for r in caplog.records) == 1, caplog.text
+    got = read_episode(ep, load_frames=True)
+    assert_columns_equal(got.steps, expected_columns(spec, steps, terminal=True))

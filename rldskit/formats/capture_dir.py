@@ -19,7 +19,9 @@ paths relative to the episode folder (or ``{"$base64": ...}``); absent optional 
 Crash safety: ``metadata.json`` (``status: recording``) is written before ``steps/`` exists;
 frames are written temp-then-rename *before* the step line that names them; a step line is
 one ``write(2)`` on an ``O_APPEND`` descriptor; ``metadata.json`` is replaced atomically; a
-closed chunk is compressed temp-then-rename, then its plain twin removed. So a ``kill -9`` at
+closed chunk is compressed temp-then-rename and read back, then its plain twin removed (a copy
+that does not read back as the same bytes is set aside as ``*.corrupt`` and the plain chunk
+kept: the only readable copy of a step is never deleted). So a ``kill -9`` at
 any instant loses at most the step being written (a torn last line), and an unfinished episode
 is recognisable (``status: recording``). Readers refuse it unless asked to ``recover``, which
 keeps every step up to the first torn, corrupt or missing one and marks the episode
@@ -61,6 +63,8 @@ METADATA_FILE = "metadata.json"
 STEPS_DIR = "steps"
 FRAMES_DIR = "frames"
 _CHUNK_RE = re.compile(r"^(\d{6,})\.jsonl(\.zst)?$")
+#: a step file found bad beside a good copy of the same chunk is renamed ``<name>.corrupt``, never deleted
+CORRUPT_SUFFIX = ".corrupt"
 MAX_ISSUES_PER_FIELD = 5
 
 __all__ = [
@@ -214,14 +218,71 @@ class EpisodeDirWriter:
 
 
 def compress_chunk(plain: Path, *, durable: bool = True) -> Path:
-    """zstd-compress a closed ``.jsonl`` chunk to ``.jsonl.zst`` atomically, then remove it.
-    A crash in between leaves both; readers then prefer the (complete) ``.zst``."""
+    """zstd-compress a closed ``.jsonl`` chunk to ``.jsonl.zst`` atomically, then remove the plain
+    one, but only once the ``.zst`` has been read back from disk and decodes to exactly the same
+    bytes: the plain chunk is never removed before its copy is known good. A crash in between
+    leaves both (readers and :func:`recover_episode` then check the ``.zst`` against its twin).
+    When the read-back fails, the plain chunk stays, the bad ``.zst`` is set aside as
+    ``.jsonl.zst.corrupt`` and a warning is logged (``rldskit.capture``); returns the path that
+    now holds the chunk's steps."""
     import zstandard
 
+    data = plain.read_bytes()
     target = plain.with_name(plain.name + ".zst")
-    atomic_write_bytes(target, zstandard.ZstdCompressor(level=3).compress(plain.read_bytes()), durable=durable)
+    packed = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    atomic_write_bytes(target, packed, durable=durable)
+    try:
+        problem = None if _chunk_bytes(target) == data else "it decodes to other bytes than the chunk"
+    except Exception as e:  # noqa: BLE001 - any I/O or zstd failure means: keep the plain chunk
+        problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        aside = _set_aside_corrupt(target)
+        import logging
+
+        logging.getLogger("rldskit.capture").warning(
+            "%s: the compressed copy did not read back (%s); kept the plain chunk, set the copy aside as %s",
+            target, problem, aside.name)
+        return plain
     plain.unlink()
     return target
+
+
+def _set_aside_corrupt(f: Path) -> Path:
+    """Rename a bad step file to ``<name>.corrupt`` (``.corrupt.1``, ... if taken): never deleted."""
+    aside = f.with_name(f.name + CORRUPT_SUFFIX)
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = f.with_name(f"{f.name}{CORRUPT_SUFFIX}.{n}")
+    f.rename(aside)
+    return aside
+
+
+def _pick_twin(zst: Path, plain: Path) -> tuple[Path, Path, str | None]:
+    """A chunk present both compressed and plain (a crash between compressing it and removing the
+    plain copy): ``(keep, other, problem)``. The ``.zst`` is kept, and the plain copy is a verified
+    duplicate (``problem`` is ``None``), only when it decodes completely to the plain copy's bytes.
+    Otherwise the copy with more complete steps is kept (the plain one on a tie: the ``.zst`` is made
+    from it) and ``problem`` says what is wrong with the other."""
+    try:
+        zdata: bytes | None = _chunk_bytes(zst)
+        zproblem = None
+    except Exception as e:  # noqa: BLE001 - any I/O or zstd failure
+        zdata, zproblem = None, f"unreadable ({type(e).__name__}: {e})"
+    try:
+        pdata: bytes | None = plain.read_bytes()
+    except OSError as e:
+        pdata = None
+        if zdata is not None:
+            return zst, plain, f"unreadable ({type(e).__name__}: {e})"
+    if zdata is not None and zdata == pdata:
+        return zst, plain, None
+    if zdata is None:
+        return plain, zst, zproblem
+    nz, np_ = _complete_prefix(zdata)[0], _complete_prefix(pdata or b"")[0]
+    if nz > np_:
+        return zst, plain, f"{np_} complete steps where its compressed copy has {nz}"
+    return plain, zst, f"decodes to other steps than its plain copy ({nz} complete, the plain one {np_})"
 
 
 # =========================================================================== reading
@@ -488,8 +549,9 @@ def _list_chunks(steps_dir: Path, label: str, issues: list[Issue]) -> list[tuple
         if not m:
             continue
         first = int(m.group(1))
-        if first in chunks and chunks[first].name.endswith(".zst"):
-            continue  # crash between compress and unlink: the .zst is complete, the .jsonl a duplicate
+        if first in chunks:  # crash between compress and unlink: both forms (the .zst sorts second)
+            chunks[first] = _pick_twin(steps_dir / name, chunks[first])[0]
+            continue
         chunks[first] = steps_dir / name
     return sorted(chunks.items())
 
@@ -1000,9 +1062,12 @@ def recover_episode(path: str | Path) -> dict[str, Any]:
     corrupt, unreadable or missing. Temp files and the plain twin of a compressed chunk are
     removed; a chunk cut short keeps its complete lines; chunks after the cut are renamed
     ``*.orphan`` (and a chunk that lost whole lines keeps its original bytes beside it as
-    ``*.orphan``), so nothing is silently destroyed. The metadata is then marked
-    ``recovered`` (truncated, not terminal, tagged ``recovered``). Idempotent; returns
-    ``{"path", "status", "num_steps", "dropped_bytes", "removed"}``."""
+    ``*.orphan``), so nothing is silently destroyed. A chunk present both plain and compressed
+    (killed between compressing it and removing the plain copy) loses its plain copy only when
+    the ``.zst`` decodes completely to the same bytes; otherwise the bad copy is renamed
+    ``*.corrupt`` and listed in ``corrupt``. The metadata is then marked ``recovered``
+    (truncated, not terminal, tagged ``recovered``). Idempotent; returns
+    ``{"path", "status", "num_steps", "dropped_bytes", "removed", "corrupt"}``."""
     p = Path(path)
     label = str(p)
     meta_issues: list[Issue] = []
@@ -1012,7 +1077,7 @@ def recover_episode(path: str | Path) -> dict[str, Any]:
     if meta.get("status") != "recording":
         end = meta.get("end") if isinstance(meta.get("end"), dict) else {}
         return {"path": label, "status": meta.get("status", "complete"), "num_steps": end.get("num_steps"),
-                "dropped_bytes": 0, "removed": []}
+                "dropped_bytes": 0, "removed": [], "corrupt": []}
     removed: list[str] = []
     for root, _dirs, files in os.walk(p):
         for f in files:
@@ -1020,12 +1085,20 @@ def recover_episode(path: str | Path) -> dict[str, Any]:
                 os.unlink(Path(root) / f)
                 removed.append(str((Path(root) / f).relative_to(p)))
     steps_dir = p / STEPS_DIR
+    corrupt: list[str] = []
     chunks = _list_chunks(steps_dir, label, meta_issues)
-    for _first, f in chunks:
-        twin = f.with_name(f.name[: -len(".zst")])
-        if f.name.endswith(".zst") and twin.exists():  # killed between compress and unlink
-            twin.unlink()
-            removed.append(f"{STEPS_DIR}/{twin.name} (plain twin of {f.name})")
+    for first, f in chunks:  # killed between compress and unlink: both forms of one chunk
+        zst, plain = steps_dir / chunk_name(first, True), steps_dir / chunk_name(first)
+        if not (zst.exists() and plain.exists()):
+            continue
+        keep, other, problem = _pick_twin(zst, plain)
+        if problem is None:  # the .zst decodes to exactly the plain bytes: the plain one is a duplicate
+            plain.unlink()
+            removed.append(f"{STEPS_DIR}/{plain.name} (plain twin of {zst.name}, verified identical)")
+        else:  # never delete the only good copy: the bad one is set aside, byte for byte
+            aside = _set_aside_corrupt(other)
+            corrupt.append(f"{STEPS_DIR}/{other.name}")
+            removed.append(f"{STEPS_DIR}/{other.name} ({problem}; kept {keep.name}, set aside as {aside.name})")
 
     def set_aside(f: Path, why: str) -> None:
         f.rename(f.with_name(f.name + ".orphan"))
@@ -1070,7 +1143,8 @@ def recover_episode(path: str | Path) -> dict[str, Any]:
     if "recovered" not in tags:
         meta["tags"] = [*tags, "recovered"]
     atomic_write_bytes(p / METADATA_FILE, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-    return {"path": label, "status": "recovered", "num_steps": count, "dropped_bytes": dropped, "removed": removed}
+    return {"path": label, "status": "recovered", "num_steps": count, "dropped_bytes": dropped, "removed": removed,
+            "corrupt": corrupt}
 
 
 def _complete_prefix(data: bytes) -> tuple[int, bytes]:
