@@ -8,8 +8,10 @@ bundle``.
   the edge bundle into DIR (signed when ``--key`` is given). ``--stages a,b,...`` picks them
   explicitly. A stage that is off prints the command that would run it.
 * **Re-runnable.** Each stage records a fingerprint of its inputs in
-  ``<out>/pipeline_state.json``. A stage whose inputs are unchanged and whose outputs still exist
-  is skipped ("up to date"); ``--force`` reruns everything. Training resumes from its newest
+  ``<out>/pipeline_state.json``, with the paths it wrote relative to ``<out>`` (and the converted
+  dataset records its inputs relative to ``--episodes``): no local absolute path is written, and
+  a moved working folder stays valid. A stage whose inputs are unchanged and whose outputs still
+  exist is skipped ("up to date"); ``--force`` reruns everything. Training resumes from its newest
   checkpoint, so a rerun after an interruption continues instead of starting over.
 * **Gated.** The first failing stage stops the pipeline. Failures are: validation errors, a
   conversion that quarantines episodes (unless ``--allow-quarantine``), a training run that does
@@ -54,6 +56,14 @@ def _fingerprint_tree(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _rel_to(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` (POSIX) when it lies inside it, else its name only."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(base)).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -71,6 +81,9 @@ class _State:
         return bool(rec and rec.get("fingerprint") == fingerprint and all(Path(p).exists() for p in outputs))
 
     def record(self, stage: str, fingerprint: str, info: dict[str, Any]) -> None:
+        """Save ``stage``'s fingerprint and ``info``; paths in ``info`` are stored relative to the
+        working folder (no local absolute path in the state, which stays valid if moved)."""
+        info = {k: _rel_to(v, self.path.parent) if isinstance(v, Path) else v for k, v in info.items()}
         self.data[stage] = {"fingerprint": fingerprint, "finished": time.time(), **info}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, (json.dumps(self.data, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -150,7 +163,7 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
                            for q in res.manifest["quarantine"][:3]]
                 raise GateFailed(f"{c['quarantined']} episode(s) quarantined ({'; '.join(reasons)}); fix them or pass "
                                  "--allow-quarantine")
-            state.record(stage, fp, {"dataset": str(dataset), "counts": c})
+            state.record(stage, fp, {"dataset": dataset, "counts": c})
         elif stage == "stats":
             dataset = _need_dataset(dataset, dataset_root, name)
             fp = _fingerprint(["stats", _fingerprint_tree([dataset / "episodes.parquet"])])
@@ -164,7 +177,7 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
             # with it: they compute their statistics from the training selection (trainers.common.train_stats)
             path = write_stats(dataset, split="train")
             echo(f"[stats] {path}")
-            state.record(stage, fp, {"stats": str(path)})
+            state.record(stage, fp, {"stats": Path(path)})
         elif stage == "train":
             dataset = _need_dataset(dataset, dataset_root, name)
             if train not in ("jax", "torch"):
@@ -198,7 +211,7 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
                                  "rerun the pipeline to resume")
             export = Path(summary["export"])
             echo(f"[train] {train}: step {summary.get('step')}, export {export}")
-            state.record(stage, fp, {"export": str(export), "framework": train})
+            state.record(stage, fp, {"export": export, "framework": train})
         elif stage == "export":
             run = out / "runs" / "policy"
             export = export or (run / "export" if (run / "export").is_dir() else None)
@@ -241,7 +254,7 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
             except BundleError as e:
                 raise GateFailed(f"bundle refused: {e}") from None
             echo(f"[bundle] {z} ({'signed' if key else 'UNSIGNED: pass --key to sign'})")
-            state.record(stage, fp, {"bundle": str(z)})
+            state.record(stage, fp, {"bundle": Path(z)})
             result["bundle"] = str(z)
         result["stages"][stage] = f"done in {time.perf_counter() - t0:.1f} s"
     result["dataset"] = str(dataset) if dataset else None

@@ -329,3 +329,27 @@ def test_sources_sharing_a_name_tfds_inputs_and_single_files_are_recorded_apart(
     assert [(i["source"], i["sha256"]) for i in one.manifest["inputs"]] == \
         [("ep7.json", hashlib.sha256(single.read_bytes()).hexdigest())]
     assert resolve_source("ep7.json", [single]) == single
+
+
+def test_pipeline_command_outputs_hold_no_local_paths_and_a_moved_rerun_is_up_to_date(captures, tmp_path):
+    from helpers_leaks import leaks
+
+    from rldskit.pipeline_cmd import run_pipeline
+
+    eps = tmp_path / "LEAKROOT_p4" / "eps"
+    shutil.copytree(captures, eps)
+    out = tmp_path / "work"
+    said: list[str] = []
+    run_pipeline([eps], out, name="donkey", runner="inline", echo=said.append)
+    state = json.loads((out / "pipeline_state.json").read_text())
+    assert state["convert"]["dataset"] == "data/donkey/1.0.0" and state["stats"]["stats"] == "data/donkey/1.0.0/stats.json"
+    found = leaks([out], [str(tmp_path), str(tmp_path.resolve()), "LEAKROOT_p4"])
+    assert found == {}, found
+    # the inputs and the working folder moved elsewhere (mtimes kept): nothing to redo
+    shutil.copytree(tmp_path / "LEAKROOT_p4", tmp_path / "moved" / "LEAKROOT_p4")
+    shutil.copytree(out, tmp_path / "moved" / "work")
+    said.clear()
+    res = run_pipeline([tmp_path / "moved" / "LEAKROOT_p4" / "eps"], tmp_path / "moved" / "work", name="donkey",
+                       runner="inline", echo=said.append)
+    assert res["stages"] == {"validate": "up to date", "convert": "up to date", "stats": "up to date",
+                             "train": "off", "export": "off", "bundle": "off"}, said
