@@ -69,6 +69,29 @@ CODES: dict[str, tuple[str, str]] = {
     "SHARD_CORRUPT": (ERROR, "a shard fails its checksums or is truncated (the message gives the byte offset or record)"),
     "SHARD_COUNT_MISMATCH": (ERROR, "an intact shard holds another number of records than dataset_info.json says"),
     "RECORD_UNDECODABLE": (ERROR, "a record is not a tf.train.Example episode of the dataset's spec"),
+    # importing Donkeycar tubs (rldskit.importers.donkey): every catalog line is imported or dropped
+    # with one of these reasons. warning: the record is dropped, the rest of its episode is imported;
+    # error: a whole catalog or episode is not imported.
+    "CATALOG_MISSING": (ERROR, "a catalog file named by the tub's manifest.json cannot be read (none of its lines are imported)"),
+    "TORN_LINE": (WARNING, "the last catalog line is cut off (a crash while recording); dropped, every line before it is kept"),
+    "CORRUPT_LINE": (WARNING, "a catalog line is not valid UTF-8 JSON; dropped"),
+    "CORRUPT_RECORD": (WARNING, "a catalog line is JSON but not an object (a record); dropped"),
+    "INDEX_INVALID": (WARNING, "a record's _index is missing, not an integer or negative; dropped"),
+    "INDEX_CONFLICT": (WARNING, "several records share an _index with different content; all of them are dropped"),
+    "DUPLICATE_RECORD": (WARNING, "a record repeats an earlier one exactly (same _index, same content); the copy is dropped"),
+    "INDEX_OUT_OF_ORDER": (WARNING, "catalog records are not in _index order; they are imported in _index order"),
+    "DELETED": (WARNING, "a record is listed in the manifest's deleted_indexes; dropped"),
+    "SESSION_ID_MISSING": (WARNING, "a record has no _session_id (or not a non-empty string) while others of its tub have one; dropped"),
+    "NO_SESSION_IDS": (WARNING, "no record of a tub has a _session_id (an older tub): the whole tub is one episode named after it"),
+    "TIMESTAMP_IMPLAUSIBLE": (WARNING, "a record's _timestamp_ms is before 2000-01-01 or from 2100-01-01 on (clock unset, 0, garbage); dropped"),
+    "BAD_VALUE": (WARNING, "a record's timestamp, drive mode, steering/throttle or image name is missing or of the wrong type; dropped"),
+    "OUT_OF_RANGE": (WARNING, "a record's executed steering or throttle is outside [-1, 1]; dropped"),
+    "MISSING_IMAGE": (WARNING, "a record's image file is absent or unreadable; dropped"),
+    "BAD_IMAGE": (WARNING, "a record's image cannot be decoded, re-encoded or resized; dropped"),
+    "UNKNOWN_MODE": (ERROR, "a record's user/mode is not a known drive mode; its episode is quarantined"),
+    "EPISODE_QUARANTINED": (ERROR, "a usable record whose episode was quarantined (the episode's reason says why); not imported"),
+    "EPISODE_EXISTS": (WARNING, "a record whose episode is already in the output folder (an earlier import); left unchanged"),
+    "UNREADABLE_OR_ABSENT": (WARNING, "an index inside a gap has no record on any readable catalog line"),
 }
 
 
