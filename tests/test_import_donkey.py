@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from fuzzing import examples
 from PIL import Image
@@ -18,6 +19,7 @@ from PIL import Image
 from rldskit.formats.capture_dir import read_episode
 from rldskit.importers.donkey import (
     REPORT_FILE, MigrationError, add_import_parser, import_donkey, migrate_rlds_json)
+from rldskit.issues import CODES
 from rldskit.spec import load_spec
 from rldskit.validation import validate_paths
 
@@ -151,7 +153,9 @@ def test_torn_last_line_keeps_the_rest(tmp_path):
     rep = import_donkey(tub, tmp_path / "out")
     (e,) = rep.episodes
     assert e.status == "imported" and e.steps == 7
-    assert [i["code"] for i in e.issues] == ["TORN_LINE"]
+    (src,) = rep.sources  # a line problem belongs to the tub, not to an episode: it has no session
+    assert src.lines_in == 8 and src.dropped_by_reason == {"TORN_LINE": 1}
+    assert [(d["catalog"], d["line"], d["code"]) for d in src.dropped_records] == [("catalog_0.catalog", 8, "TORN_LINE")]
     _assert_valid(e.path)
     assert "TORN_LINE" in (tmp_path / "out" / REPORT_FILE).read_text()
 
@@ -242,6 +246,189 @@ def test_rate_warning_not_error(tmp_path):
     assert any("RATE_OUT_OF_BAND" in w for w in e.warnings)
 
 
+# ---------------------------------------------------------------- every catalog line accounted for
+
+def _catalog_lines(tub: Path, name: str = "catalog_0.catalog") -> list[bytes]:
+    return (tub / name).read_bytes().split(b"\r\n")[:-1]
+
+
+def _write_catalog(tub: Path, lines: list[bytes], name: str = "catalog_0.catalog") -> None:
+    (tub / name).write_bytes(b"\r\n".join(lines) + b"\r\n")
+
+
+def _non_blank_lines(tub: Path) -> int:
+    """Counted here from the bytes, independently of the importer: every non-blank catalog line."""
+    return sum(1 for c in sorted(tub.glob("*.catalog")) for ln in c.read_bytes().split(b"\n") if ln.strip())
+
+
+def _check_accounting(rep, out: Path, tub: Path) -> dict:
+    """lines_in == imported_steps + dropped, per tub, per episode and in the summary, against the files."""
+    r = _report(out)
+    (src,) = r["sources"]
+    assert src["lines_in"] == _non_blank_lines(tub)
+    assert src["lines_in"] == src["imported_steps"] + src["dropped"], src
+    assert sum(src["dropped_by_reason"].values()) == src["dropped"]
+    assert all(code in CODES for code in src["dropped_by_reason"]), src["dropped_by_reason"]
+    written = sum(len(read_episode(e.path, SPEC)) for e in rep.imported)
+    assert src["imported_steps"] == written == r["summary"]["steps"]
+    for e in r["episodes"]:
+        assert e["source_records"] == e["steps"] + sum(e["dropped_by_reason"].values()), e
+        assert e["status"] == "imported" or e["steps"] == 0
+    tub_level = src["dropped"] - sum(sum(e["dropped_by_reason"].values()) for e in r["episodes"])
+    assert tub_level == sum(1 for _ in src["dropped_records"]) or len(src["dropped_records"]) == 200
+    s = r["summary"]
+    assert (s["lines_in"], s["imported_steps"], s["dropped"], s["dropped_by_reason"]) == \
+        (src["lines_in"], src["imported_steps"], src["dropped"], src["dropped_by_reason"])
+    return src
+
+
+#: The record hypothesis found (issue 12): no session id, dated 1970, a negative index. In a tub
+#: with sessions it used to become a one-step episode named after the tub folder, with no warning.
+HOSTILE = {"_index": -1, "_session_id": None, "_timestamp_ms": 0, "cam/image_array": "0_cam_image_array_.jpg",
+           "user/angle": 0.0, "user/throttle": 0.0, "user/mode": "user"}
+
+
+def _line(rec: dict) -> bytes:
+    return json.dumps(rec, sort_keys=True).encode()
+
+
+@pytest.mark.parametrize("line, code, episode", [
+    (_line(HOSTILE), "INDEX_INVALID", None),
+    (_line({**HOSTILE, "_session_id": "21-03-05_0"}), "INDEX_INVALID", None),
+    (_line({**HOSTILE, "_index": "11"}), "INDEX_INVALID", None),
+    (_line({**HOSTILE, "_index": 11.5}), "INDEX_INVALID", None),
+    (_line({**HOSTILE, "_index": True}), "INDEX_INVALID", None),
+    (_line({k: v for k, v in HOSTILE.items() if k != "_index"}), "INDEX_INVALID", None),
+    (_line({**HOSTILE, "_index": 11}), "SESSION_ID_MISSING", None),
+    (_line({**HOSTILE, "_index": 11, "_session_id": 7}), "SESSION_ID_MISSING", None),
+    (_line({**HOSTILE, "_index": 11, "_session_id": ""}), "SESSION_ID_MISSING", None),
+    (_line({**HOSTILE, "_index": 11, "_session_id": "21-03-05_1"}), "TIMESTAMP_IMPLAUSIBLE", "21-03-05_1"),
+    (_line({**HOSTILE, "_index": 11, "_session_id": "21-03-05_1", "_timestamp_ms": 10**17}), "TIMESTAMP_IMPLAUSIBLE",
+     "21-03-05_1"),
+    (b"[]", "CORRUPT_RECORD", None),
+    (b"{not json", "CORRUPT_LINE", None),
+])
+def test_hostile_record_is_dropped_with_a_reason_never_made_an_episode(tmp_path, line, code, episode):
+    tub = make_tub(tmp_path)  # the real format: two sessions, 6 + 5 records
+    lines = _catalog_lines(tub)
+    lines.insert(0, line)
+    _write_catalog(tub, lines)
+    out = tmp_path / "out"
+    rep = import_donkey(tub, out)
+    assert [(e.episode_id, e.status, e.steps) for e in rep.episodes] == \
+        [("21-03-05_0", "imported", 6), ("21-03-05_1", "imported", 5)]
+    assert sorted(p.name for p in out.iterdir()) == ["21-03-05_0", "21-03-05_1", REPORT_FILE, "schema.json"]
+    src = _check_accounting(rep, out, tub)
+    assert (src["lines_in"], src["imported_steps"], src["dropped"]) == (12, 11, 1)
+    assert src["dropped_by_reason"] == {code: 1}
+    listed = src["dropped_records"] + [d for e in _report(out)["episodes"] for d in e["dropped"]]
+    (d,) = listed
+    assert (d["catalog"], d["line"], d["code"]) == ("catalog_0.catalog", 1, code) and d["message"]
+    if episode is not None:  # dropped inside its session: the episode says so too
+        (e,) = [e for e in rep.episodes if e.episode_id == episode]
+        assert e.dropped_by_reason == {code: 1} and e.source_records == 6
+
+
+def test_tub_without_session_ids_is_one_episode_with_a_warning_and_no_1970_step(tmp_path):
+    """An older tub (no record has a _session_id) is one episode named after the tub, and says so."""
+    tub = make_tub(tmp_path, sessions=(("s", 6),))
+    lines = []
+    for ln in _catalog_lines(tub):
+        rec = json.loads(ln)
+        del rec["_session_id"]
+        lines.append(_line(rec))
+    lines.append(_line({**{k: v for k, v in HOSTILE.items() if k != "_session_id"}, "_index": 6}))
+    _write_catalog(tub, lines)
+    out = tmp_path / "out"
+    rep = import_donkey(tub, out)
+    (e,) = rep.episodes
+    assert (e.episode_id, e.status, e.steps) == ("tub_1", "imported", 6)
+    assert [i["code"] for i in e.issues] == ["NO_SESSION_IDS"] and e.issues[0]["severity"] == "warning"
+    assert e.dropped_by_reason == {"TIMESTAMP_IMPLAUSIBLE": 1}
+    assert [(d["index"], d["line"], d["code"]) for d in e.dropped] == [(6, 7, "TIMESTAMP_IMPLAUSIBLE")]
+    assert np.asarray(read_episode(e.path, SPEC).steps["timestamp/control"]).min() == pytest.approx(T0_MS / 1000)
+    _check_accounting(rep, out, tub)
+
+
+def test_duplicate_index_with_other_values_drops_both_never_replaces(tmp_path):
+    tub = make_tub(tmp_path, sessions=(("s_0", 6),))
+    lines = _catalog_lines(tub)
+    twin = json.loads(lines[2])
+    twin["user/angle"] = 0.9
+    lines.insert(5, _line(twin))
+    _write_catalog(tub, lines)
+    out = tmp_path / "out"
+    rep = import_donkey(tub, out)
+    (e,) = rep.episodes
+    assert e.status == "imported" and e.steps == 5
+    steering = np.asarray(read_episode(e.path, SPEC).steps["action"])[:, 0]
+    assert not np.any(np.isclose(steering, 0.9)) and not np.any(np.isclose(steering, 0.0))  # neither index-2 record
+    assert e.gaps == [{"after_step": 1, "source_indexes": [2, 2], "count": 1, "seconds": pytest.approx(0.1),
+                       "reasons": {"INDEX_CONFLICT": 1}}]
+    src = _check_accounting(rep, out, tub)
+    assert src["dropped_by_reason"] == {"INDEX_CONFLICT": 2}
+    assert sorted((d["line"], d["index"]) for d in src["dropped_records"]) == [(3, 2), (6, 2)]
+    assert all("line 3" in d["message"] and "line 6" in d["message"] for d in src["dropped_records"])
+
+
+def test_exact_duplicate_line_keeps_one_and_says_so(tmp_path):
+    tub = make_tub(tmp_path, sessions=(("s_0", 6),))
+    lines = _catalog_lines(tub)
+    lines.insert(4, lines[1])
+    _write_catalog(tub, lines)
+    out = tmp_path / "out"
+    rep = import_donkey(tub, out)
+    (e,) = rep.episodes
+    assert e.status == "imported" and e.steps == 6 and e.gaps == []
+    src = _check_accounting(rep, out, tub)
+    assert src["dropped_by_reason"] == {"DUPLICATE_RECORD": 1}
+    assert [(d["line"], d["index"]) for d in src["dropped_records"]] == [(5, 1)]
+
+
+def test_out_of_order_lines_import_in_index_order_with_a_warning(tmp_path):
+    tub = make_tub(tmp_path, sessions=(("s_0", 6),))
+    lines = _catalog_lines(tub)
+    lines[2], lines[3] = lines[3], lines[2]
+    _write_catalog(tub, lines)
+    out = tmp_path / "out"
+    rep = import_donkey(tub, out)
+    (e,) = rep.episodes
+    assert e.status == "imported" and e.steps == 6
+    assert np.all(np.diff(np.asarray(read_episode(e.path, SPEC).steps["timestamp/control"])) > 0)
+    src = _check_accounting(rep, out, tub)
+    assert src["dropped"] == 0
+    (i,) = src["issues"]
+    assert i["code"] == "INDEX_OUT_OF_ORDER" and i["severity"] == "warning" and "line 4" in i["message"]
+
+
+def test_records_of_quarantined_and_existing_episodes_are_counted(tmp_path):
+    tub = make_tub(tmp_path, sessions=(("s_0", 4), ("s_1", 3)), modes={2: "autopilot_x"})
+    out = tmp_path / "out"
+    rep = import_donkey(tub, out)
+    q, ok = rep.episodes
+    assert q.status == "quarantined" and ok.status == "imported"
+    assert q.dropped_by_reason == {"UNKNOWN_MODE": 1, "EPISODE_QUARANTINED": 3}
+    src = _check_accounting(rep, out, tub)
+    assert src["dropped_by_reason"] == {"UNKNOWN_MODE": 1, "EPISODE_QUARANTINED": 3}
+    rep2 = import_donkey(tub, out)  # a rerun leaves s_1 alone: its records are not imported again
+    assert [e.status for e in rep2.episodes] == ["quarantined", "exists"]
+    src2 = _check_accounting(rep2, out, tub)
+    assert src2["imported_steps"] == 0 and src2["dropped_by_reason"]["EPISODE_EXISTS"] == 3
+
+
+def test_unreadable_catalog_is_an_error_issue_and_the_rest_is_counted(tmp_path):
+    tub = make_tub(tmp_path, sessions=(("s_0", 5),), max_len=3)  # catalog_0 (3 records), catalog_1 (2)
+    (tub / "catalog_1.catalog").unlink()
+    out = tmp_path / "out"
+    rep = import_donkey(tub, out)
+    (e,) = rep.imported
+    assert e.steps == 3
+    src = _check_accounting(rep, out, tub)
+    assert (src["lines_in"], src["dropped"]) == (3, 0)
+    (i,) = src["issues"]
+    assert (i["code"], i["severity"], i["catalog"]) == ("CATALOG_MISSING", "error", "catalog_1.catalog")
+
+
 _json_record = st.fixed_dictionaries(
     {"_index": st.integers(-3, 8)},
     optional={"_session_id": st.one_of(st.text(max_size=8), st.integers(), st.none()),
@@ -253,8 +440,20 @@ _json_record = st.fixed_dictionaries(
               "pilot/angle": st.floats(-2, 2), "pilot/throttle": st.floats(-2, 2)},
 ).map(lambda d: json.dumps(d).encode())
 
+#: Near-real records: a real tub's fields with the index, session and clock perturbed (duplicates,
+#: conflicts, foreign sessions, 1970 and plausible times, copies of real lines).
+_near_real_record = st.fixed_dictionaries({
+    "_index": st.one_of(st.integers(-2, 6), st.sampled_from(["1", 1.0, True, None])),
+    "_session_id": st.sampled_from(["s_0", "s_1", None, "", 5]),
+    "_timestamp_ms": st.one_of(st.sampled_from([0, -1, 10**17]), st.integers(0, 8).map(lambda k: T0_MS + 50 * k)),
+    "cam/image_array": st.integers(0, 3).map(lambda i: f"{i}_cam_image_array_.jpg"),
+    "user/angle": st.sampled_from([-0.2, 0.0, 0.5]), "user/throttle": st.just(0.3), "user/mode": st.just("user"),
+    "pilot/angle": st.none(), "pilot/throttle": st.none(),
+}).map(lambda d: json.dumps(d, sort_keys=True).encode())
+
 _hostile_line = st.one_of(
     _json_record,
+    _near_real_record,
     st.binary(min_size=1, max_size=60).filter(lambda b: b"\n" not in b),
     st.sampled_from([b"[]", b"null", b"{}", b'{"_index": "x"}', b'{"_index": true}', b'{"_index": 1.5}',
                      b'{"_index": 99, "_timestamp_ms": NaN}', b"[" * 5000, b'{"_index": 2, "user/angle": 7}',
@@ -262,13 +461,24 @@ _hostile_line = st.one_of(
 )
 
 
+def _parsed(line: bytes):
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(st.tuples(st.integers(0, 4), _hostile_line), min_size=1, max_size=4))
+@example(lines=[(0, b'{"_index": -1, "cam/image_array": "0_cam_image_array_.jpg", "_timestamp_ms": 0.0, '
+                    b'"user/throttle": 0.0, "user/angle": 0.0}')])
 def test_hostile_catalog_lines_never_traceback(tmp_path_factory, lines):
+    """Every catalog line is imported, or dropped with a reason code: lines_in == imported_steps + dropped."""
     root = tmp_path_factory.mktemp("h")
     tub = make_tub(root, sessions=(("s_0", 4),))
     cat = tub / "catalog_0.catalog"
     good = cat.read_bytes().split(b"\r\n")[:-1]
+    originals = {json.loads(g)["_index"]: json.dumps(json.loads(g), sort_keys=True) for g in good}
     for pos, junk in lines:
         good.insert(min(pos, len(good)), junk)
     cat.write_bytes(b"\r\n".join(good) + b"\r\n")
@@ -276,12 +486,18 @@ def test_hostile_catalog_lines_never_traceback(tmp_path_factory, lines):
     rep = import_donkey(tub, out)
     assert rep.exit_code in (0, 1)
     assert (out / REPORT_FILE).is_file()
-    json.loads((out / REPORT_FILE).read_text())
+    src = _check_accounting(rep, out, tub)
     for e in rep.imported:  # dropped records may leave a rate gap: reported as a warning, not an error
         _assert_valid(e.path, allow=("RATE_OUT_OF_BAND",))
         assert not any("RATE" in w for w in e.warnings) or e.gaps or e.dropped
-    reported = sum(len(e.issues) + len(e.dropped) for e in rep.episodes)
-    assert reported >= 1 or all(e.steps == 4 for e in rep.imported)
+        assert e.episode_id != "tub_1"  # the tub has session ids: a record without one never forms an episode
+        assert np.asarray(read_episode(e.path, SPEC).steps["timestamp/control"]).min() >= 946_684_800  # >= 2000
+    # a line reusing a real record's index with other content never replaces it silently
+    for _, junk in lines:
+        rec = _parsed(junk)
+        idx = rec.get("_index") if isinstance(rec, dict) else None
+        if type(idx) is int and idx in originals and json.dumps(rec, sort_keys=True) != originals[idx]:
+            assert src["dropped_by_reason"].get("INDEX_CONFLICT", 0) >= 2, src
 
 
 # ---------------------------------------------------------------- older RLDS JSON
@@ -362,3 +578,53 @@ def test_rlds_json_bad_mapping_and_incomplete_mapping(tmp_path, capsys):
     (e,) = rep.episodes
     assert e.status == "quarantined" and "timestamp/camera" in e.reason
     assert not any((tmp_path / "out3").glob("old_ep*"))
+
+
+# ---------------------------------------------------------------- no local paths in the report (issue 12, item 4)
+
+def _listing_sha256(files: dict[str, bytes]) -> str:
+    """sha256 of a ``sha256sum``-style listing (``<hex>  <relative path>``, sorted by path)."""
+    listing = "".join(f"{hashlib.sha256(files[k]).hexdigest()}  {k}\n" for k in sorted(files))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def test_donkey_report_names_inputs_relatively_with_a_digest(tmp_path):
+    tub = make_tub(tmp_path / "home" / "alice" / "jetson", sessions=(("s_0", 4),)).resolve()
+    out = (tmp_path / "work" / "out").resolve()
+    assert _cli(["donkey", str(tub), "--out", str(out)]) == 0
+    text = (out / REPORT_FILE).read_text()
+    for absolute in (str(tub), str(tub.parent), str(out), str(tmp_path.resolve())):
+        assert absolute not in text
+    r = json.loads(text)
+    (src,) = r["sources"]
+    files = {p.relative_to(tub).as_posix(): p.read_bytes()
+             for p in [tub / "manifest.json", tub / "catalog_0.catalog", *sorted((tub / "images").glob("*.jpg"))]}
+    assert (src["source"], src["files"], src["sha256"]) == ("tub_1", 6, _listing_sha256(files))
+    assert [e["source"] for e in r["episodes"]] == ["tub_1"]
+    assert [e["path"] for e in r["episodes"]] == ["s_0"]  # relative to the report's folder
+    assert (out / r["episodes"][0]["path"] / "metadata.json").is_file()
+    # a changed frame is another input
+    (tub / "images" / "2_cam_image_array_.jpg").write_bytes(_jpeg(seed=99))
+    rep2 = import_donkey(tub, tmp_path / "out2")
+    assert rep2.sources[0].sha256 != src["sha256"]
+
+
+def test_rlds_json_report_names_inputs_relatively_with_a_digest(tmp_path):
+    src_dir = (tmp_path / "home" / "alice" / "old_episodes").resolve()
+    src_dir.mkdir(parents=True)
+    ep = _old_episode(src_dir, "ep_a.json", n=3)
+    mf = (tmp_path / "home" / "alice" / "mapping.json").resolve()
+    mf.write_text(json.dumps(MAPPING))
+    out = (tmp_path / "work" / "out").resolve()
+    assert _cli(["rlds-json", str(src_dir), "--out", str(out), "--mapping", str(mf)]) == 0
+    text = (out / REPORT_FILE).read_text()
+    for absolute in (str(src_dir), str(ep), str(mf), str(out), str(tmp_path.resolve())):
+        assert absolute not in text
+    r = json.loads(text)
+    (src,) = r["sources"]
+    files = {"ep_a.json": ep.read_bytes(), **{f"imgs/ep_a.json_{i}.jpg": (src_dir / f"imgs/ep_a.json_{i}.jpg").read_bytes()
+                                             for i in range(3)}}
+    assert (src["source"], src["files"], src["sha256"]) == ("old_episodes/ep_a.json", 4, _listing_sha256(files))
+    assert [e["source"] for e in r["episodes"]] == ["old_episodes/ep_a.json"]
+    assert [e["path"] for e in r["episodes"]] == ["ep_a"]
+    assert any(f"mapping.json (sha256 {hashlib.sha256(mf.read_bytes()).hexdigest()})" in n for n in r["notes"])

@@ -2,7 +2,11 @@
 
 Two entry points, both writing capture-layout episodes (:class:`rldskit.capture.EpisodeLogger`)
 for the target spec (default ``pi5_donkey.v1``) under ``out/``, plus
-``out/migration_report.json`` (written atomically) describing every source episode:
+``out/migration_report.json`` (written atomically) describing every source episode. The report
+holds no local absolute path: each input is named relative to the path given (a tub by its
+folder name, a JSON episode as ``<folder given>/<path inside>`` or its file name) with a sha256
+digest of the files read from it (:class:`SourceResult`), and episode paths are relative to the
+report's folder:
 
 * :func:`import_donkey` reads Donkeycar 4.x/5.x "tub v2" folders
   (``donkeycar/parts/tub_v2.py`` + ``datastore_v2.py``)::
@@ -26,8 +30,10 @@ Donkeycar tub -> pi5_donkey mapping
 -----------------------------------
 * one recording session (``_session_id``, e.g. ``21-03-05_0``) = one episode; its id is the
   session id (made folder-safe; if two tubs share a session id the later gets
-  ``__<tub name>`` appended). Records without a session id form one episode named after the
-  tub. Episodes end truncated (``terminal=False``): a session ends when the operator stops.
+  ``__<tub name>`` appended). A tub where *no* record has a session id (an older Donkeycar)
+  is one episode named after the tub, with a ``NO_SESSION_IDS`` warning; in a tub with
+  session ids, a record without one is dropped (``SESSION_ID_MISSING``), never made an
+  episode. Episodes end truncated (``terminal=False``): a session ends when the operator stops.
 * ``_timestamp_ms / 1000`` -> ``timestamp/control`` **and** ``timestamp/camera``: the Jetson
   tub has one clock (the record time of the drive loop), so both streams get the same value.
 * ``user/mode`` -> ``control_mode`` and which values were *executed* (Donkeycar's DriveMode):
@@ -59,15 +65,30 @@ Donkeycar tub -> pi5_donkey mapping
 
 Damage policy (consistent for every kind of record damage)
 ----------------------------------------------------------
+* **Every catalog line is accounted for.** Per tub, ``lines_in`` (non-blank catalog lines)
+  ``== imported_steps + dropped``, and ``dropped_by_reason`` counts each dropped line under
+  one issue code of :data:`rldskit.issues.CODES` (the import raises if the sum ever fails).
 * **A record that cannot become a valid step is dropped and the hole is reported as a gap**
-  (the output steps stay contiguous; the gap lists the source indexes and why): records
-  marked deleted (``deleted_indexes``), corrupt catalog lines, a torn last line (a crash
-  while recording; everything before it is kept, code ``TORN_LINE``), a missing or
-  undecodable image file, missing/non-finite/out-of-range steering or throttle.
+  (the output steps stay contiguous; the gap lists the source indexes and why), each drop
+  naming its catalog, line, index and field: records marked deleted (``DELETED``), corrupt
+  lines (``CORRUPT_LINE``, ``CORRUPT_RECORD``), a torn last line (a crash while recording;
+  everything before it is kept, ``TORN_LINE``), an ``_index`` that is missing, not an
+  integer or negative (``INDEX_INVALID``), no session id in a tub that has them
+  (``SESSION_ID_MISSING``), a ``_timestamp_ms`` outside [2000-01-01, 2100-01-01)
+  (``TIMESTAMP_IMPLAUSIBLE``: an unset clock or a 0 never becomes a 1970 step), a missing or
+  undecodable image file (``MISSING_IMAGE``, ``BAD_IMAGE``), missing/non-finite/out-of-range
+  steering or throttle (``BAD_VALUE``, ``OUT_OF_RANGE``).
+* **One index, one record.** An ``_index`` on several lines with different content drops
+  all of them (``INDEX_CONFLICT``: which one is the recording cannot be known, so none
+  silently replaces another); an exact copy of a line keeps the first (``DUPLICATE_RECORD``).
+  Records out of ``_index`` order are imported in ``_index`` order with one
+  ``INDEX_OUT_OF_ORDER`` warning (the timestamps are then checked in that order).
 * **An episode-level problem quarantines the episode** (nothing is written for it; the report
-  gives the reason): timestamps that go backwards or repeat, an unknown drive mode, no
-  usable step left, or a written episode failing validation. Rate problems
-  (``RATE_OUT_OF_BAND``) and timestamp skew of a real tub are reported as warnings only.
+  gives the reason and counts its records as ``EPISODE_QUARANTINED``): timestamps that go
+  backwards or repeat, an unknown drive mode (``UNKNOWN_MODE``), no usable step left, or a
+  written episode failing validation. An episode already in ``out`` is left alone and its
+  records counted as ``EPISODE_EXISTS``. Rate problems (``RATE_OUT_OF_BAND``) and timestamp
+  skew of a real tub are reported as warnings only.
 * An unreadable or malformed ``manifest.json`` is a usage error: :class:`MigrationError`
   is raised before anything is written (CLI exit 2).
 
@@ -106,6 +127,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -119,9 +141,11 @@ from pathlib import Path
 from typing import Any
 
 from rldskit._io import atomic_write_bytes
+from rldskit.issues import CODES
 
-__all__ = ["import_donkey", "migrate_rlds_json", "MigrationReport", "EpisodeResult", "MigrationError",
-           "add_import_parser", "DEFAULT_TUB_KEYS", "DEFAULT_MODES", "REPORT_FILE"]
+__all__ = ["import_donkey", "migrate_rlds_json", "MigrationReport", "EpisodeResult", "SourceResult", "MigrationError",
+           "add_import_parser", "DEFAULT_TUB_KEYS", "DEFAULT_MODES", "REPORT_FILE", "MIN_TIMESTAMP_MS",
+           "MAX_TIMESTAMP_MS"]
 
 REPORT_FILE = "migration_report.json"
 REPORT_FORMAT = "rldskit.migration_report/1"
@@ -138,6 +162,10 @@ DEFAULT_MODES: dict[str, tuple[str, str, str]] = {
 _WARN_ONLY = {"RATE_OUT_OF_BAND", "TIMESTAMP_SKEW"}
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_DROPPED_LISTED = 200
+#: A Donkeycar record's ``_timestamp_ms`` is wall-clock time (``time.time() * 1000``); outside
+#: [2000-01-01, 2100-01-01) UTC it is an unset clock, a 0 or garbage, and the record is dropped.
+MIN_TIMESTAMP_MS = 946_684_800_000
+MAX_TIMESTAMP_MS = 4_102_444_800_000
 
 
 class MigrationError(ValueError):
@@ -146,9 +174,31 @@ class MigrationError(ValueError):
 
 # ---------------------------------------------------------------- report
 
+def _issue(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """A report entry for one problem: its project issue code (:data:`rldskit.issues.CODES`), that
+    code's severity, a message saying what was expected, and where (catalog, line, index, field)."""
+    if code not in CODES:
+        raise KeyError(f"unknown issue code {code!r}")
+    return {"code": code, "severity": CODES[code][0], "message": message, **extra}
+
+
+def _add(counts: dict[str, int], code: str, n: int = 1) -> None:
+    if n:
+        counts[code] = counts.get(code, 0) + n
+
+
 @dataclasses.dataclass
 class EpisodeResult:
-    """What happened to one source episode (a tub session or a JSON file)."""
+    """What happened to one source episode (a tub session or a JSON file).
+
+    ``source`` names the input relative to the path given (the tub folder's name, or
+    ``<folder>/<file>``), never with the local folders above it. ``path`` is where the episode
+    was written (in memory as written; in the report file, relative to the report's folder).
+    For a tub session ``source_records == steps + sum(dropped_by_reason.values())``: every
+    record of the session is a step of the written episode or counted under a reason code
+    (``dropped`` lists the first records with their catalog line; records of a quarantined or
+    already existing episode count as ``EPISODE_QUARANTINED`` / ``EPISODE_EXISTS``).
+    """
 
     source: str
     episode_id: str | None = None
@@ -160,26 +210,102 @@ class EpisodeResult:
     source_records: int = 0
     gaps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     dropped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    dropped_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
     resize: dict[str, Any] | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     issues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def note(self, code: str, message: str, **extra: Any) -> None:
-        self.issues.append({"code": code, "message": message, **extra})
+        self.issues.append(_issue(code, message, **extra))
+
+
+@dataclasses.dataclass
+class SourceResult:
+    """One input as the report records it: its name relative to the path given on the command
+    line (no local folders), and ``sha256``, the digest of the ``sha256sum``-style listing
+    (``<hex>  <path>\\n`` per file, sorted by path, paths relative to the tub folder or the
+    episode file's folder) of every file the import read from it (``files`` of them).
+
+    For a Donkeycar tub, the accounting of its catalog lines (non-blank lines of every catalog
+    the manifest names): ``lines_in == imported_steps + dropped`` and ``dropped ==
+    sum(dropped_by_reason.values())``. Lines dropped before they could join a session (torn or
+    corrupt lines, bad or conflicting indexes, duplicates, no session id) are listed in
+    ``dropped_records`` (catalog, line, code, message; the first 200); the rest are counted in
+    their episode's ``dropped_by_reason``. ``issues`` holds tub-level findings that drop nothing
+    (``INDEX_OUT_OF_ORDER``) or lose a whole catalog (``CATALOG_MISSING``). For RLDS JSON files
+    the accounting fields are ``None`` (a file is imported or quarantined whole).
+    """
+
+    source: str
+    sha256: str | None = None
+    files: int = 0
+    lines_in: int | None = None
+    imported_steps: int | None = None
+    dropped: int | None = None
+    dropped_by_reason: dict[str, int] | None = None
+    dropped_records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    issues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def note(self, code: str, message: str, **extra: Any) -> None:
+        self.issues.append(_issue(code, message, **extra))
+
+    def drop(self, code: str, catalog: str, line: int, message: str, **extra: Any) -> None:
+        """Count one catalog line dropped before it joined a session (and list the first ones)."""
+        assert self.dropped_by_reason is not None
+        _add(self.dropped_by_reason, code)
+        if len(self.dropped_records) < _MAX_DROPPED_LISTED:
+            self.dropped_records.append(_issue(code, message, catalog=catalog, line=line, **extra))
+
+
+class _Digest:
+    """sha256 of a sha256sum-style listing of the files an import read (see :class:`SourceResult`)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+
+    def add(self, rel: str, data: bytes) -> None:
+        self.files[rel] = hashlib.sha256(data).hexdigest()
+
+    def hexdigest(self) -> str | None:
+        if not self.files:
+            return None
+        listing = "".join(f"{self.files[k]}  {k}\n" for k in sorted(self.files))
+        return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _display_name(p: Path) -> str:
+    """The name an input is recorded under: its own name, without the folders above it."""
+    return p.name or p.resolve().name or "."
 
 
 @dataclasses.dataclass
 class MigrationReport:
-    """JSON-able record of a migration; ``write()`` puts it at ``out/migration_report.json``."""
+    """JSON-able record of a migration; ``write()`` puts it at ``out/migration_report.json``.
+
+    The written report holds no local absolute path: inputs are named relative to the paths
+    given (``sources``: name, sha256 digest, and for tubs the line accounting), episode paths
+    are relative to the report's folder (``out`` is written as ``"."``), and any path of an
+    input root or of ``out`` that a message quotes is rewritten the same way. The summary
+    adds, for tubs, ``lines_in``, ``imported_steps``, ``dropped`` and ``dropped_by_reason``
+    over all sources (``lines_in == imported_steps + dropped``).
+    """
 
     source_kind: str
     target: str
     out: str
-    sources: list[str] = dataclasses.field(default_factory=list)
+    sources: list[SourceResult] = dataclasses.field(default_factory=list)
     episodes: list[EpisodeResult] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     created_at: float = dataclasses.field(default_factory=time.time)
+    #: local path prefix -> the name written instead (input roots, the output folder)
+    scrub: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+
+    def hide(self, path: str | Path, name: str) -> None:
+        """Write ``name`` wherever a message would quote the local path ``path`` (as given and resolved)."""
+        for cand in {str(path), str(Path(path).resolve())}:
+            if os.path.isabs(cand) and cand != os.sep:
+                self.scrub[cand.rstrip(os.sep)] = name
 
     @property
     def imported(self) -> list[EpisodeResult]:
@@ -195,12 +321,31 @@ class MigrationReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d.pop("scrub")
         d = {"format": REPORT_FORMAT, **d}
+        d["out"] = "."
+        out_abs = Path(self.out).resolve()
+        for e in d["episodes"]:
+            if e["path"]:
+                try:
+                    e["path"] = Path(e["path"]).resolve().relative_to(out_abs).as_posix()
+                except ValueError:
+                    pass
         d["summary"] = {"episodes": len(self.episodes), "imported": len(self.imported),
                         "quarantined": len(self.quarantined),
                         "steps": sum(e.steps for e in self.imported),
                         "gaps": sum(len(e.gaps) for e in self.imported)}
-        return d
+        counted = [s for s in self.sources if s.lines_in is not None]
+        if counted:
+            by_reason: dict[str, int] = {}
+            for s in counted:
+                for code, n in (s.dropped_by_reason or {}).items():
+                    _add(by_reason, code, n)
+            d["summary"].update({"lines_in": sum(s.lines_in or 0 for s in counted),
+                                 "imported_steps": sum(s.imported_steps or 0 for s in counted),
+                                 "dropped": sum(s.dropped or 0 for s in counted),
+                                 "dropped_by_reason": dict(sorted(by_reason.items()))})
+        return _scrub(d, self.scrub)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False, default=str, allow_nan=False)
@@ -209,6 +354,24 @@ class MigrationReport:
         p = Path(path) if path is not None else Path(self.out) / REPORT_FILE
         atomic_write_bytes(p, self.to_json().encode())
         return p
+
+
+def _scrub(obj: Any, names: Mapping[str, str]) -> Any:
+    """``obj`` with every string's occurrences of a path in ``names`` replaced by its name."""
+    if not names:
+        return obj
+    pattern = re.compile("(" + "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True)) + r")(?=[/\\\s'\"),:;\]]|$)")
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, str):
+            return pattern.sub(lambda m: names[m.group(1)], x)
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(obj)
 
 
 # ---------------------------------------------------------------- images
@@ -366,6 +529,20 @@ class _Tub:
     catalogs: list[str]
     deleted: set[int]
     current_index: int | None
+    digest: _Digest = dataclasses.field(default_factory=_Digest)
+
+
+@dataclasses.dataclass
+class _Rec:
+    """One catalog record with a valid ``_index`` and the line it came from (1-based)."""
+
+    index: int
+    rec: dict[str, Any]
+    catalog: str
+    line: int
+
+    def where(self) -> str:
+        return f"{self.catalog} line {self.line}"
 
 
 def _read_manifest(tub: Path) -> _Tub:
@@ -405,21 +582,56 @@ def _read_manifest(tub: Path) -> _Tub:
     if not isinstance(deleted, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in deleted):
         raise MigrationError(f"{mf}: line 5 'deleted_indexes' must be a list of record indexes")
     ci = cat.get("current_index")
-    return _Tub(tub, tub.resolve().name, inputs, types, meta, mmeta, list(cat["paths"]), set(deleted),
-                ci if isinstance(ci, int) and not isinstance(ci, bool) else None)
+    t = _Tub(tub, tub.resolve().name, inputs, types, meta, mmeta, list(cat["paths"]), set(deleted),
+             ci if isinstance(ci, int) and not isinstance(ci, bool) else None)
+    t.digest.add("manifest.json", raw)
+    return t
 
 
-def _read_records(tub: _Tub) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """All parseable records (sorted by _index, first of duplicates) and a list of line problems."""
-    records: dict[int, dict[str, Any]] = {}
-    problems: list[dict[str, Any]] = []
+def _short(v: Any) -> str:
+    try:
+        text = json.dumps(v, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _index_problem(rec: Mapping[str, Any]) -> str | None:
+    """Why a record's ``_index`` is unusable, or None (a non-negative integer, as Donkeycar writes)."""
+    if "_index" not in rec:
+        return "no _index (expected the record's non-negative integer index)"
+    idx = rec["_index"]
+    if isinstance(idx, bool) or not isinstance(idx, int):
+        return f"_index {_short(idx)} is not an integer (expected the record's non-negative integer index)"
+    if idx < 0:
+        return f"_index {idx} is negative (Donkeycar numbers records from 0)"
+    return None
+
+
+def _canonical(rec: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(rec, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        return f"<unserialisable {id(rec)}>"  # never equal to another record: a conflict, not a duplicate
+
+
+def _read_records(tub: _Tub, src: SourceResult, index_reasons: dict[int, str]) -> list[_Rec]:
+    """The usable records of every catalog, in ``_index`` order. Every non-blank line is counted
+    in ``src.lines_in``; a line that cannot be used here is dropped into ``src`` with its code:
+    ``TORN_LINE``, ``CORRUPT_LINE``, ``CORRUPT_RECORD``, ``INDEX_INVALID`` (missing, non-integer,
+    negative), ``INDEX_CONFLICT`` (an index on several lines with different content: all of them
+    are dropped, never one silently chosen) and ``DUPLICATE_RECORD`` (an exact copy: the first is
+    kept). Records out of ``_index`` order are kept and reported once (``INDEX_OUT_OF_ORDER``)."""
+    candidates: list[_Rec] = []
     for cname in tub.catalogs:
         cp = tub.path / cname
         try:
             raw = cp.read_bytes()
         except OSError as e:
-            problems.append({"code": "CATALOG_MISSING", "catalog": cname, "message": f"cannot read {cname}: {e.strerror or e}"})
+            src.note("CATALOG_MISSING", f"{cname}: cannot read it ({e.strerror or e}); its records are neither "
+                     "imported nor counted in lines_in", catalog=cname)
             continue
+        tub.digest.add(cname, raw)
         parts = raw.split(b"\n")
         ends_clean = raw.endswith(b"\n") or not raw
         last = len(parts) - 1
@@ -427,26 +639,65 @@ def _read_records(tub: _Tub) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             ln = ln.rstrip(b"\r")
             if not ln.strip():
                 continue
+            assert src.lines_in is not None
+            src.lines_in += 1
             torn = n == last and not ends_clean
             try:
                 rec = json.loads(ln.decode("utf-8"))
             except (UnicodeDecodeError, ValueError, RecursionError) as e:
-                code = "TORN_LINE" if torn else "CORRUPT_LINE"
-                msg = ("last line is cut off (crash while recording); everything before it is kept" if torn
-                       else f"line is not valid JSON ({type(e).__name__})")
-                problems.append({"code": code, "catalog": cname, "line": n + 1, "message": msg})
+                if torn:
+                    src.drop("TORN_LINE", cname, n + 1, "last line is cut off (crash while recording); "
+                             "everything before it is kept")
+                else:
+                    src.drop("CORRUPT_LINE", cname, n + 1, f"line is not valid UTF-8 JSON ({type(e).__name__}); "
+                             "expected one JSON record")
                 continue
-            idx = rec.get("_index") if isinstance(rec, dict) else None
-            if not isinstance(idx, int) or isinstance(idx, bool):
-                problems.append({"code": "CORRUPT_RECORD", "catalog": cname, "line": n + 1,
-                                 "message": "record is not an object with an integer _index"})
+            if not isinstance(rec, dict):
+                src.drop("CORRUPT_RECORD", cname, n + 1, f"line is a JSON {type(rec).__name__}, not a record (an object)")
                 continue
-            if idx in records:
-                problems.append({"code": "DUPLICATE_INDEX", "catalog": cname, "line": n + 1, "index": idx,
-                                 "message": f"_index {idx} appears again; the first record is kept"})
+            why = _index_problem(rec)
+            if why is not None:
+                src.drop("INDEX_INVALID", cname, n + 1, why, field="_index")
                 continue
-            records[idx] = rec
-    return [records[i] for i in sorted(records)], problems
+            candidates.append(_Rec(rec["_index"], rec, cname, n + 1))
+    by_index: dict[int, list[_Rec]] = {}
+    for r in candidates:
+        by_index.setdefault(r.index, []).append(r)
+    kept: list[_Rec] = []
+    for r in candidates:  # catalog order
+        group = by_index[r.index]
+        if len(group) == 1:
+            kept.append(r)
+            continue
+        where = ", ".join(g.where() for g in group)
+        if len({_canonical(g.rec) for g in group}) > 1:
+            src.drop("INDEX_CONFLICT", r.catalog, r.line, f"_index {r.index} is on {len(group)} lines with different "
+                     f"content ({where}): none of them is imported (which one is the recording cannot be known)",
+                     index=r.index, field="_index")
+            index_reasons[r.index] = "INDEX_CONFLICT"
+        elif r is group[0]:
+            kept.append(r)
+        else:
+            src.drop("DUPLICATE_RECORD", r.catalog, r.line, f"_index {r.index}: the same record as {group[0].where()}; "
+                     "the first is kept, this copy dropped", index=r.index, field="_index")
+    late: list[tuple[_Rec, _Rec]] = []
+    top: _Rec | None = None
+    for r in kept:
+        if top is not None and r.index < top.index:
+            late.append((r, top))
+        if top is None or r.index > top.index:
+            top = r
+    if late:
+        r, top = late[0]
+        src.note("INDEX_OUT_OF_ORDER", f"{len(late)} records come after a record of a higher _index (first: _index "
+                 f"{r.index} at {r.where()} after _index {top.index} at {top.where()}); they are imported in _index order",
+                 count=len(late), catalog=r.catalog, line=r.line, index=r.index)
+    return sorted(kept, key=lambda r: r.index)
+
+
+def _session_of(rec: Mapping[str, Any]) -> str | None:
+    sid = rec.get("_session_id")
+    return sid if isinstance(sid, str) and sid.strip() else None
 
 
 def import_donkey(tub_paths: str | Path | Sequence[str | Path], out: str | Path, *, target: str = "pi5_donkey.v1",
@@ -499,15 +750,19 @@ def import_donkey(tub_paths: str | Path | Sequence[str | Path], out: str | Path,
                 raise MigrationError(f"{t.path}: frames are {size[0]}x{size[1]} but {spec.id} expects {frames.h}x{frames.w}; "
                                      "rerun without --no-resize to resize them (bilinear) or record at the Pi's size")
 
-    report = MigrationReport("donkeycar_tub_v2", spec.id, str(out), sources=[str(t.path) for t in tubs])
+    report = MigrationReport("donkeycar_tub_v2", spec.id, str(out))
+    report.hide(out, ".")
+    for t in tubs:
+        report.hide(t.path, t.name)
     report.notes += [
         "Jetson tubs have one clock: timestamp/camera = timestamp/control = _timestamp_ms / 1000.",
         "control_mode from user/mode: user->user, local_angle->pilot (pilot steering, user throttle), "
         "local/pilot->pilot; action = the executed values"
         + (" (mapping executed=user: always user/angle, user/throttle)" if executed == "user" else "")
         + "; policy_action = [pilot/angle, pilot/throttle] when recorded.",
-        "Damaged records (deleted, corrupt, torn, missing image, bad values) are dropped and reported as gaps; "
-        "episode-level problems quarantine the episode.",
+        "Damaged records (deleted, corrupt, torn, bad or conflicting _index, no session id, implausible time, "
+        "missing image, bad values) are dropped and reported as gaps; episode-level problems quarantine the episode. "
+        "Every catalog line is accounted for: lines_in = imported_steps + dropped (by reason code).",
     ]
     clock_state = {"t": 0.0}
     out.mkdir(parents=True, exist_ok=True)
@@ -523,60 +778,96 @@ def import_donkey(tub_paths: str | Path | Sequence[str | Path], out: str | Path,
 def _import_tub(t: _Tub, out: Path, spec: Any, logger: Any, report: MigrationReport, keys: dict[str, str],
                 modes: dict[str, tuple[str, str, str]], executed: str, frames: _Frames, environment_id: str,
                 used: set[str], clock_state: dict[str, float], has_policy: bool, has_mode: bool) -> None:
-    records, problems = _read_records(t)
+    src = SourceResult(t.name, lines_in=0, imported_steps=0, dropped=0, dropped_by_reason={})
+    report.sources.append(src)
+    index_reasons: dict[int, str] = {i: "DELETED" for i in t.deleted}
+    records = _read_records(t, src, index_reasons)
     mapped = set(keys.values())
     unmapped = [k for k in t.inputs if k not in mapped]
     if unmapped:
         report.warnings.append(f"{t.name}: inputs not carried over (no place in {spec.id}): {unmapped}")
     if keys["mode"] not in t.inputs:
         report.warnings.append(f"{t.name}: no {keys['mode']!r} input: every step is taken as control_mode 'user'")
-    line_problems = list(problems)
-    # sessions in order of first record
-    sessions: dict[str, list[dict[str, Any]]] = {}
+    # sessions in order of first record. A tub where no record has a session id (an older
+    # Donkeycar) is one session named after the tub; in a tub with session ids, a record
+    # without one cannot be placed and is dropped (never made an episode of its own).
+    with_sessions = any(_session_of(r.rec) is not None for r in records)
+    sessions: dict[str, list[_Rec]] = {}
     for r in records:
-        sid = r.get("_session_id")
-        sid = sid if isinstance(sid, str) and sid else t.name
-        sessions.setdefault(sid, []).append(r)
-    if not records:
-        res = EpisodeResult(source=str(t.path), session_id=None)
-        for p in line_problems:
-            res.note(p["code"], p["message"], **{k: v for k, v in p.items() if k not in ("code", "message")})
-        _quarantine(res, "the tub holds no readable records")
+        sid = _session_of(r.rec)
+        if sid is None and with_sessions:
+            if r.index in t.deleted:
+                src.drop("DELETED", r.catalog, r.line, "marked deleted in manifest.json (deleted_indexes)", index=r.index)
+            else:
+                raw = r.rec.get("_session_id", _MISSING)
+                what = "no _session_id" if raw is _MISSING else f"_session_id {_short(raw)} is not a session name"
+                src.drop("SESSION_ID_MISSING", r.catalog, r.line, f"{what} (expected a non-empty string such as "
+                         "'21-03-05_0', as the tub's other records have): its episode cannot be known",
+                         index=r.index, field="_session_id")
+                index_reasons[r.index] = "SESSION_ID_MISSING"
+            continue
+        sessions.setdefault(sid if sid is not None else t.name, []).append(r)
+    tub_episodes: list[EpisodeResult] = []
+    if not sessions:
+        res = EpisodeResult(source=t.name, session_id=None)
+        _quarantine(res, "the tub holds no usable records (see the source's dropped_records)" if src.lines_in
+                    else "the tub holds no records")
         report.episodes.append(res)
-        return
-    first_session = True
-    index_reasons: dict[int, str] = {i: "DELETED" for i in t.deleted}
+        tub_episodes.append(res)
     for sid, recs in sessions.items():
-        res = EpisodeResult(source=str(t.path), session_id=sid, source_records=len(recs))
-        if first_session:  # catalog-level problems are attached to the tub's first episode
-            for p in line_problems:
-                res.note(p["code"], p["message"], **{k: v for k, v in p.items() if k not in ("code", "message")})
-            first_session = False
+        res = EpisodeResult(source=t.name, session_id=sid, source_records=len(recs))
+        if not with_sessions:
+            res.note("NO_SESSION_IDS", f"no record of {t.name} has a _session_id (a tub from an older Donkeycar): the "
+                     "whole tub is taken as one recording session, named after the tub folder")
         report.episodes.append(res)
+        tub_episodes.append(res)
         _import_session(t, sid, recs, res, out, spec, logger, keys, modes, executed, frames, environment_id, used,
-                        clock_state, has_policy, has_mode, index_reasons, problems)
+                        clock_state, has_policy, has_mode, index_reasons)
+    _close_accounting(src, tub_episodes, report)
+    src.sha256, src.files = t.digest.hexdigest(), len(t.digest.files)
+
+
+def _close_accounting(src: SourceResult, episodes: list[EpisodeResult], report: MigrationReport) -> None:
+    """Add the episodes' counts to the tub's and check ``lines_in == imported_steps + dropped``."""
+    assert src.dropped_by_reason is not None and src.lines_in is not None
+    tub_level = sum(src.dropped_by_reason.values())
+    if tub_level > len(src.dropped_records):
+        report.warnings.append(f"{src.source}: {tub_level} catalog lines dropped before joining a session; the first "
+                               f"{len(src.dropped_records)} are listed in dropped_records")
+    for e in episodes:
+        for code, n in e.dropped_by_reason.items():
+            _add(src.dropped_by_reason, code, n)
+    src.dropped_by_reason = dict(sorted(src.dropped_by_reason.items()))
+    src.imported_steps = sum(e.steps for e in episodes if e.status == "imported")
+    src.dropped = sum(src.dropped_by_reason.values())
+    if src.lines_in != src.imported_steps + src.dropped:  # a bug here, never the input's fault: fail loudly
+        raise RuntimeError(f"{src.source}: accounting does not add up: {src.lines_in} catalog lines != "
+                           f"{src.imported_steps} imported + {src.dropped} dropped {src.dropped_by_reason}")
 
 
 def _num(rec: Mapping[str, Any], key: str) -> float | None:
     return _finite(rec.get(key))
 
 
-def _import_session(t: _Tub, sid: str, recs: list[dict[str, Any]], res: EpisodeResult, out: Path, spec: Any,
+def _import_session(t: _Tub, sid: str, recs: list[_Rec], res: EpisodeResult, out: Path, spec: Any,
                     logger: Any, keys: dict[str, str], modes: dict[str, tuple[str, str, str]], executed: str,
                     frames: _Frames, environment_id: str, used: set[str], clock_state: dict[str, float],
-                    has_policy: bool, has_mode: bool, index_reasons: dict[int, str],
-                    problems: list[dict[str, Any]]) -> None:
+                    has_policy: bool, has_mode: bool, index_reasons: dict[int, str]) -> None:
+    """Turn one session's records into an episode. Every record ends as a step or in
+    ``res.dropped_by_reason`` (its own reason, or ``EPISODE_QUARANTINED`` / ``EPISODE_EXISTS``)."""
     steps: list[dict[str, Any]] = []   # {"index", "t", "image", "action", "mode", "policy"}
     dropped: list[dict[str, Any]] = []
     unknown_modes: dict[str, int] = {}
     policy_oob = 0
     frames.sizes = {}
     images_dir = t.path / "images"
-    for r in recs:
-        idx = r["_index"]
+    for rr in recs:
+        idx, r = rr.index, rr.rec
 
-        def drop(code: str, msg: str) -> None:
-            dropped.append({"index": idx, "code": code, "message": msg})
+        def drop(code: str, msg: str, field: str | None = None) -> None:
+            extra = {"field": field} if field else {}
+            dropped.append(_issue(code, msg, index=idx, catalog=rr.catalog, line=rr.line, **extra))
+            _add(res.dropped_by_reason, code)
             index_reasons[idx] = code
 
         if idx in t.deleted:
@@ -584,14 +875,20 @@ def _import_session(t: _Tub, sid: str, recs: list[dict[str, Any]], res: EpisodeR
             continue
         ms = _num(r, "_timestamp_ms")
         if ms is None:
-            drop("BAD_VALUE", "_timestamp_ms missing or not a finite number")
+            drop("BAD_VALUE", f"_timestamp_ms {_short(r.get('_timestamp_ms'))} is missing or not a finite number "
+                 "(expected wall-clock milliseconds)", "_timestamp_ms")
+            continue
+        if not MIN_TIMESTAMP_MS <= ms < MAX_TIMESTAMP_MS:
+            drop("TIMESTAMP_IMPLAUSIBLE", f"_timestamp_ms {ms:.17g} is not a wall-clock time in [2000-01-01, 2100-01-01) "
+                 "UTC (the drive loop's clock unset, a 0 or garbage)", "_timestamp_ms")
             continue
         mode_raw = r.get(keys["mode"], "user") if keys["mode"] in t.inputs else "user"
         if not isinstance(mode_raw, str):
-            drop("BAD_VALUE", f"{keys['mode']} is not a string")
+            drop("BAD_VALUE", f"{keys['mode']} {_short(mode_raw)} is not a string (expected a drive mode)", keys["mode"])
             continue
         if mode_raw not in modes:
             unknown_modes[mode_raw] = unknown_modes.get(mode_raw, 0) + 1
+            drop("UNKNOWN_MODE", f"{keys['mode']} {_short(mode_raw)} is not a known drive mode {sorted(modes)}", keys["mode"])
             continue
         cm, s_src, th_src = modes[mode_raw]
         if executed == "user":
@@ -599,7 +896,8 @@ def _import_session(t: _Tub, sid: str, recs: list[dict[str, Any]], res: EpisodeR
         steer = _num(r, keys["angle"] if s_src == "user" else keys["pilot_angle"])
         thr = _num(r, keys["throttle"] if th_src == "user" else keys["pilot_throttle"])
         if steer is None or thr is None:
-            drop("BAD_VALUE", f"executed steering/throttle ({s_src}/{th_src} values for mode {mode_raw!r}) missing or not finite")
+            drop("BAD_VALUE", f"executed steering/throttle ({s_src}/{th_src} values for mode {mode_raw!r}) missing or not "
+                 "finite numbers", f"{s_src}/angle" if steer is None else f"{th_src}/throttle")
             continue
         if not (-1.0 - 1e-6 <= steer <= 1.0 + 1e-6 and -1.0 - 1e-6 <= thr <= 1.0 + 1e-6):
             drop("OUT_OF_RANGE", f"steering {steer:g} / throttle {thr:g} outside [-1, 1]")
@@ -613,16 +911,17 @@ def _import_session(t: _Tub, sid: str, recs: list[dict[str, Any]], res: EpisodeR
                 policy_oob += 1
         name = r.get(keys["image"])
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-            drop("BAD_VALUE", f"{keys['image']} is not an image file name")
+            drop("BAD_VALUE", f"{keys['image']} {_short(name)} is not an image file name in images/", keys["image"])
             continue
         try:
             data = (images_dir / name).read_bytes()
         except OSError:
-            drop("MISSING_IMAGE", f"images/{name} is missing or unreadable")
+            drop("MISSING_IMAGE", f"images/{name} is missing or unreadable", keys["image"])
             continue
+        t.digest.add(f"images/{name}", data)
         enc, why = frames.convert(data)
         if enc is None:
-            drop("BAD_IMAGE", f"images/{name}: {why}")
+            drop("BAD_IMAGE", f"images/{name}: {why}", keys["image"])
             continue
         steps.append({"index": idx, "t": ms / 1000.0, "image": enc, "action": [max(-1.0, min(1.0, steer)), max(-1.0, min(1.0, thr))],
                       "mode": cm, "policy": policy})
@@ -642,20 +941,25 @@ def _import_session(t: _Tub, sid: str, recs: list[dict[str, Any]], res: EpisodeR
             res.gaps.append({"after_step": k - 1, "source_indexes": [a + 1, b - 1], "count": b - a - 1,
                              "seconds": _round_or_none(steps[k]["t"] - steps[k - 1]["t"]), "reasons": reasons})
     res.resize = frames.resize_record(len(steps))
+
+    def quarantine(reason: str) -> None:
+        _quarantine(res, reason)
+        _add(res.dropped_by_reason, "EPISODE_QUARANTINED", len(steps))
+
     if unknown_modes:
-        _quarantine(res, f"unknown {keys['mode']} values {unknown_modes}: map them with mapping={{'modes': {{...: 'user'|'pilot'|'teleop'}}}}")
+        quarantine(f"unknown {keys['mode']} values {unknown_modes}: map them with mapping={{'modes': {{...: 'user'|'pilot'|'teleop'}}}}")
         return
     if not steps:
-        _quarantine(res, "no usable step left (every record was dropped: see 'dropped')")
+        quarantine("no usable step left (every record was dropped: see 'dropped')")
         return
     ts = [s["t"] for s in steps]
     back = [k for k in range(1, len(ts)) if ts[k] <= ts[k - 1]]
     if back:
         k = back[0]
-        res.note("NON_MONOTONIC_TIMESTAMPS", f"{len(back)} steps do not move forward in time (first: step {k}, "
-                 f"source index {steps[k]['index']}: {ts[k]:.3f} s after {ts[k - 1]:.3f} s)")
-        _quarantine(res, f"timestamps go backwards or repeat at {len(back)} steps (first at source index {steps[k]['index']}); "
-                    "the order of the recording cannot be trusted")
+        res.note("TIMESTAMP_NON_MONOTONIC", f"{len(back)} steps do not move forward in time (first: step {k}, "
+                 f"source index {steps[k]['index']}: {ts[k]:.3f} s after {ts[k - 1]:.3f} s)", step=k, field="_timestamp_ms")
+        quarantine(f"timestamps go backwards or repeat at {len(back)} steps (first at source index {steps[k]['index']}); "
+                   "the order of the recording cannot be trusted")
         return
     if len(ts) >= 3:
         d = sorted(ts[k] - ts[k - 1] for k in range(1, len(ts)))
@@ -669,6 +973,7 @@ def _import_session(t: _Tub, sid: str, recs: list[dict[str, Any]], res: EpisodeR
         res.status = "exists"
         res.path = str(out / eid)
         res.reason = "an episode of this id is already in the output folder; left unchanged"
+        _add(res.dropped_by_reason, "EPISODE_EXISTS", len(steps))
         return
     tags = ["origin:jetson", "migrated_from:donkeycar_tub_v2", f"source_tub:{t.name}"]
     clock_state["t"] = ts[0]
@@ -689,11 +994,13 @@ def _import_session(t: _Tub, sid: str, recs: list[dict[str, Any]], res: EpisodeR
         logger.close()
         if p is not None:
             shutil.rmtree(p, ignore_errors=True)
-        _quarantine(res, f"cannot write the episode: {e}")
+        quarantine(f"cannot write the episode: {e}")
         return
     res.path = str(path)
     res.steps = len(steps)
-    _validate_written(Path(path), spec, res)
+    if not _validate_written(Path(path), spec, res):
+        res.steps = 0
+        _add(res.dropped_by_reason, "EPISODE_QUARANTINED", len(steps))
 
 
 # ---------------------------------------------------------------- RLDS JSON
@@ -793,10 +1100,13 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     return m
 
 
-def _read_json_episode(p: Path) -> tuple[dict[str, Any], list[Any], bool | None]:
-    """(metadata, steps, terminal or None) of a single-file episode; raises ValueError."""
+def _read_json_episode(p: Path, digest: _Digest | None = None) -> tuple[dict[str, Any], list[Any], bool | None]:
+    """(metadata, steps, terminal or None) of a single-file episode; raises ValueError. The file's
+    bytes go into ``digest`` (under its name) once read."""
     try:
         raw = p.read_bytes()
+        if digest is not None:
+            digest.add(p.name, raw)
         if p.name.endswith(".zst"):
             import zstandard  # type: ignore[import-not-found]
 
@@ -834,8 +1144,10 @@ def _read_json_episode(p: Path) -> tuple[dict[str, Any], list[Any], bool | None]
     return meta, steps, term
 
 
-def _find_json_episodes(paths: Sequence[str | Path]) -> list[Path]:
-    found: list[Path] = []
+def _find_json_episodes(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Every episode file under ``paths``, with the name the report gives it: the file's own name
+    for a file given, ``<folder name>/<path inside it>`` for a folder given."""
+    found: list[tuple[Path, str]] = []
     skip = {"schema.json", REPORT_FILE}
     for raw in paths:
         p = Path(raw)
@@ -846,13 +1158,14 @@ def _find_json_episodes(paths: Sequence[str | Path]) -> list[Path]:
             if q.name in skip or q.name.startswith("."):
                 continue
             if q.suffix == ".json" or q.name.endswith((".jsonl", ".jsonl.zst")):
-                found.append(q)
+                name = _display_name(p) if q == p else f"{_display_name(p)}/{q.relative_to(p).as_posix()}"
+                found.append((q, name))
     if not found:
         raise MigrationError(f"no *.json / *.jsonl episodes under {', '.join(map(str, paths))}")
     return found
 
 
-def _load_image(value: Any, base: Path) -> bytes:
+def _load_image(value: Any, base: Path, digest: _Digest | None = None) -> bytes:
     if isinstance(value, Mapping) and isinstance(value.get("$base64"), str):
         try:
             return base64.b64decode(value["$base64"], validate=True)
@@ -863,9 +1176,12 @@ def _load_image(value: Any, base: Path) -> bytes:
         if not q.is_relative_to(base.resolve()):
             raise ValueError(f"image path {value!r} leaves the episode's folder")
         try:
-            return q.read_bytes()
+            data = q.read_bytes()
         except OSError as e:
             raise ValueError(f"image {value!r}: {e.strerror or e}") from None
+        if digest is not None:
+            digest.add(q.relative_to(base.resolve()).as_posix(), data)
+        return data
     raise ValueError(f"image must be a relative file path or {{'$base64': ...}}, got {type(value).__name__}")
 
 
@@ -927,125 +1243,144 @@ def migrate_rlds_json(paths: str | Path | Sequence[str | Path], out: str | Path,
     m = load_mapping(mapping_file)
     files = _find_json_episodes(paths)
     out_abs = out.resolve()
-    files = [f for f in files if not f.resolve().is_relative_to(out_abs)]
+    files = [(f, name) for f, name in files if not f.resolve().is_relative_to(out_abs)]
     spec_paths = set(spec.step_leaves)
     ts_streams = list(spec.steps.get("timestamp", {}))
     frames = _Frames(spec.leaf("observation/image"), resize)
-    report = MigrationReport("rlds_json", spec.id, str(out), sources=[str(f) for f in files])
-    report.notes.append(f"mapping file: {mapping_file}")
+    report = MigrationReport("rlds_json", spec.id, str(out))
+    report.hide(out, ".")
+    for raw_path in paths:
+        report.hide(raw_path, _display_name(Path(raw_path)))
+    mapping_path = Path(mapping_file)
+    report.hide(mapping_path, mapping_path.name)
+    report.notes.append(f"mapping file: {mapping_path.name} (sha256 {hashlib.sha256(mapping_path.read_bytes()).hexdigest()})")
     clock_state = {"t": 0.0}
     out.mkdir(parents=True, exist_ok=True)
     logger = _make_logger(out, spec, lambda: clock_state["t"])
     used: set[str] = set()
     mmeta = m.get("metadata", {})
-    for f in files:
-        res = EpisodeResult(source=str(f))
+    for f, name in files:
+        res = EpisodeResult(source=name)
         report.episodes.append(res)
+        src = SourceResult(name)
+        report.sources.append(src)
+        digest = _Digest()
         try:
-            meta, raw_steps, terminal = _read_json_episode(f)
-        except ValueError as e:
-            _quarantine(res, str(e))
-            continue
-        for src, dst in mmeta.get("rename", {}).items():
-            if src in meta:
-                meta[dst] = meta.pop(src)
-        for k, v in mmeta.get("defaults", {}).items():
-            meta.setdefault(k, v)
-        res.source_records = len(raw_steps)
-        unmapped: set[str] = set()
-        frames.sizes = {}
-        steps: list[dict[str, Any]] = []
-        err = None
-        if m.get("last_step") == "rlds" and raw_steps:
-            raw_steps = raw_steps[:-1]
-            res.warnings.append("dropped the source's observation-only final step (last_step: rlds)")
-        for i, s in enumerate(raw_steps):
-            if not isinstance(s, dict):
-                err = f"step {i} is not a JSON object"
-                break
-            if i == len(raw_steps) - 1 and terminal is None and isinstance(s.get("is_terminal"), bool):
-                terminal = s["is_terminal"]
-            try:
-                new = _apply_step_mapping(s, m, spec_paths, unmapped)
-                ts = new.get("timestamp") if isinstance(new.get("timestamp"), dict) else {}
-                missing = [k for k in ts_streams if _finite(ts.get(k)) is None]
-                if missing:
-                    raise ValueError(f"timestamp/{missing[0]} is missing or not a number after mapping "
-                                     "(map it with rename/copy; it is never filled with the migration time)")
-                obs = dict(new.get("observation") or {})
-                img = obs.get("image", _MISSING)
-                if img is _MISSING or img is None:
-                    raise ValueError("observation/image is missing after mapping")
-                enc, why = frames.convert(_load_image(img, f.parent))
-                if enc is None:
-                    raise ValueError(f"observation/image: {why}")
-                obs["image"] = enc
-                new["observation"] = obs
-            except ValueError as e:
-                err = f"step {i}: {e}"
-                break
-            steps.append(new)
-        res.resize = frames.resize_record(len(steps))
-        if unmapped:
-            res.warnings.append(f"source keys not mapped and not in {spec.id} (dropped): {sorted(unmapped)[:20]}")
-        if err is None and not steps:
-            err = "no steps"
-        if err is None:
-            tsc = [float(s["timestamp"][ts_streams[0]]) for s in steps] if ts_streams else []
-            back = [k for k in range(1, len(tsc)) if tsc[k] <= tsc[k - 1]]
-            if back:
-                err = f"timestamps go backwards or repeat at {len(back)} steps (first at step {back[0]})"
-        if err is not None:
-            _quarantine(res, err)
-            continue
-        base_id = meta.get("episode_id") if isinstance(meta.get("episode_id"), str) and meta.get("episode_id") else \
-            f.name.split(".")[0]
-        eid = _unique_id(base_id, out, used, f.stem)
-        res.episode_id = eid
-        if (out / eid).exists():
-            res.status, res.path = "exists", str(out / eid)
-            res.reason = "an episode of this id is already in the output folder; left unchanged"
-            continue
-        schema = meta.get("schema") if isinstance(meta.get("schema"), dict) else {}
-        old = f"{schema.get('name', 'unknown')}@{schema.get('version', '?')}"
-        tags = [str(x) for x in meta.get("tags", []) if isinstance(x, (str, int, float))] \
-            if isinstance(meta.get("tags"), list) else []
-        tags += ["origin:jetson", f"migrated_from:rlds_json:{old}", f"source_file:{f.name}"]
-        extra_meta = {k: meta[k] for k in spec.metadata_leaves if k in meta and not k.endswith("_present") and k not in
-                      ("episode_id", "environment_id", "xr_mode", "control_role", "tags", "start_time")}
-        ignored_meta = sorted(set(meta) - set(spec.metadata_leaves) - {
-            "episode_id", "environment_id", "xr_mode", "control_role", "tags", "format", "schema", "status", "end",
-            "start_time"})
-        if ignored_meta:
-            res.warnings.append(f"metadata keys not declared by {spec.id} (dropped): {ignored_meta[:20]}")
-        env = environment_id if environment_id is not None else str(meta.get("environment_id") or "jetson_migrated")
-        clock_state["t"] = float(steps[0]["timestamp"][ts_streams[0]]) if ts_streams else 0.0
-        try:
-            logger.start_episode(environment_id=env, xr_mode=str(meta.get("xr_mode", "")),
-                                 control_role=str(meta.get("control_role", "")), tags=tags, episode_id=eid,
-                                 metadata=extra_meta)
-            reserved = {"observation", "action", "reward", "discount", "timestamp"}
-            for k, s in enumerate(steps):
-                if ts_streams:
-                    clock_state["t"] = float(s["timestamp"][ts_streams[0]])
-                extras = {x: v for x, v in s.items() if x not in reserved and x in spec.steps}
-                try:
-                    logger.log_step(s["observation"], s.get("action"), reward=s.get("reward", 0.0),
-                                    discount=s.get("discount", 1.0), timestamps=s.get("timestamp"), extras=extras)
-                except ValueError as e:
-                    raise ValueError(f"after mapping: {e}") from None
-            path = logger.end_episode(terminal=bool(terminal))
-        except (ValueError, OSError, TypeError) as e:
-            p = logger.episode_path
-            logger.close()
-            if p is not None:
-                shutil.rmtree(p, ignore_errors=True)
-            _quarantine(res, str(e))
-            continue
-        res.path, res.steps = str(path), len(steps)
-        _validate_written(Path(path), spec, res)
+            _migrate_json_file(f, res, m, mmeta, spec, spec_paths, ts_streams, frames, out, used, logger, clock_state,
+                               environment_id, digest)
+        finally:
+            src.sha256, src.files = digest.hexdigest(), len(digest.files)
     report.write()
     return report
+
+
+def _migrate_json_file(f: Path, res: EpisodeResult, m: Mapping[str, Any], mmeta: Mapping[str, Any], spec: Any,
+                       spec_paths: set[str], ts_streams: list[str], frames: _Frames, out: Path, used: set[str],
+                       logger: Any, clock_state: dict[str, float], environment_id: str | None, digest: _Digest) -> None:
+    """Migrate one JSON episode file into ``res`` (imported, exists or quarantined with the reason)."""
+    try:
+        meta, raw_steps, terminal = _read_json_episode(f, digest)
+    except ValueError as e:
+        _quarantine(res, str(e))
+        return
+    for src, dst in mmeta.get("rename", {}).items():
+        if src in meta:
+            meta[dst] = meta.pop(src)
+    for k, v in mmeta.get("defaults", {}).items():
+        meta.setdefault(k, v)
+    res.source_records = len(raw_steps)
+    unmapped: set[str] = set()
+    frames.sizes = {}
+    steps: list[dict[str, Any]] = []
+    err = None
+    if m.get("last_step") == "rlds" and raw_steps:
+        raw_steps = raw_steps[:-1]
+        res.warnings.append("dropped the source's observation-only final step (last_step: rlds)")
+    for i, s in enumerate(raw_steps):
+        if not isinstance(s, dict):
+            err = f"step {i} is not a JSON object"
+            break
+        if i == len(raw_steps) - 1 and terminal is None and isinstance(s.get("is_terminal"), bool):
+            terminal = s["is_terminal"]
+        try:
+            new = _apply_step_mapping(s, m, spec_paths, unmapped)
+            ts = new.get("timestamp") if isinstance(new.get("timestamp"), dict) else {}
+            missing = [k for k in ts_streams if _finite(ts.get(k)) is None]
+            if missing:
+                raise ValueError(f"timestamp/{missing[0]} is missing or not a number after mapping "
+                                 "(map it with rename/copy; it is never filled with the migration time)")
+            obs = dict(new.get("observation") or {})
+            img = obs.get("image", _MISSING)
+            if img is _MISSING or img is None:
+                raise ValueError("observation/image is missing after mapping")
+            enc, why = frames.convert(_load_image(img, f.parent, digest))
+            if enc is None:
+                raise ValueError(f"observation/image: {why}")
+            obs["image"] = enc
+            new["observation"] = obs
+        except ValueError as e:
+            err = f"step {i}: {e}"
+            break
+        steps.append(new)
+    res.resize = frames.resize_record(len(steps))
+    if unmapped:
+        res.warnings.append(f"source keys not mapped and not in {spec.id} (dropped): {sorted(unmapped)[:20]}")
+    if err is None and not steps:
+        err = "no steps"
+    if err is None:
+        tsc = [float(s["timestamp"][ts_streams[0]]) for s in steps] if ts_streams else []
+        back = [k for k in range(1, len(tsc)) if tsc[k] <= tsc[k - 1]]
+        if back:
+            err = f"timestamps go backwards or repeat at {len(back)} steps (first at step {back[0]})"
+    if err is not None:
+        _quarantine(res, err)
+        return
+    base_id = meta.get("episode_id") if isinstance(meta.get("episode_id"), str) and meta.get("episode_id") else \
+        f.name.split(".")[0]
+    eid = _unique_id(base_id, out, used, f.stem)
+    res.episode_id = eid
+    if (out / eid).exists():
+        res.status, res.path = "exists", str(out / eid)
+        res.reason = "an episode of this id is already in the output folder; left unchanged"
+        return
+    schema = meta.get("schema") if isinstance(meta.get("schema"), dict) else {}
+    old = f"{schema.get('name', 'unknown')}@{schema.get('version', '?')}"
+    tags = [str(x) for x in meta.get("tags", []) if isinstance(x, (str, int, float))] \
+        if isinstance(meta.get("tags"), list) else []
+    tags += ["origin:jetson", f"migrated_from:rlds_json:{old}", f"source_file:{f.name}"]
+    extra_meta = {k: meta[k] for k in spec.metadata_leaves if k in meta and not k.endswith("_present") and k not in
+                  ("episode_id", "environment_id", "xr_mode", "control_role", "tags", "start_time")}
+    ignored_meta = sorted(set(meta) - set(spec.metadata_leaves) - {
+        "episode_id", "environment_id", "xr_mode", "control_role", "tags", "format", "schema", "status", "end",
+        "start_time"})
+    if ignored_meta:
+        res.warnings.append(f"metadata keys not declared by {spec.id} (dropped): {ignored_meta[:20]}")
+    env = environment_id if environment_id is not None else str(meta.get("environment_id") or "jetson_migrated")
+    clock_state["t"] = float(steps[0]["timestamp"][ts_streams[0]]) if ts_streams else 0.0
+    try:
+        logger.start_episode(environment_id=env, xr_mode=str(meta.get("xr_mode", "")),
+                             control_role=str(meta.get("control_role", "")), tags=tags, episode_id=eid,
+                             metadata=extra_meta)
+        reserved = {"observation", "action", "reward", "discount", "timestamp"}
+        for k, s in enumerate(steps):
+            if ts_streams:
+                clock_state["t"] = float(s["timestamp"][ts_streams[0]])
+            extras = {x: v for x, v in s.items() if x not in reserved and x in spec.steps}
+            try:
+                logger.log_step(s["observation"], s.get("action"), reward=s.get("reward", 0.0),
+                                discount=s.get("discount", 1.0), timestamps=s.get("timestamp"), extras=extras)
+            except ValueError as e:
+                raise ValueError(f"after mapping: {e}") from None
+        path = logger.end_episode(terminal=bool(terminal))
+    except (ValueError, OSError, TypeError) as e:
+        p = logger.episode_path
+        logger.close()
+        if p is not None:
+            shutil.rmtree(p, ignore_errors=True)
+        _quarantine(res, str(e))
+        return
+    res.path, res.steps = str(path), len(steps)
+    _validate_written(Path(path), spec, res)
 
 
 # ---------------------------------------------------------------- CLI
@@ -1060,6 +1395,13 @@ def _print_report(report: MigrationReport, as_json: bool) -> None:
         print(f"{e.status:11} {e.episode_id or e.session_id or '-':28} {e.steps:6d} steps{extra}  {where}")
         for w in e.warnings:
             print(f"  warning: {w}")
+    for src in report.sources:
+        if src.lines_in is not None:
+            why = ", ".join(f"{c} {n}" for c, n in (src.dropped_by_reason or {}).items())
+            print(f"{src.source}: {src.lines_in} catalog lines = {src.imported_steps} imported + {src.dropped} dropped"
+                  + (f" ({why})" if why else ""))
+        for i in src.issues:
+            print(f"  {i['severity']}: {i['code']}: {i['message']}")
     for w in report.warnings:
         print(f"warning: {w}")
     print(f"{len(report.imported)} imported, {len(report.quarantined)} quarantined; "
