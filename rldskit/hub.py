@@ -37,11 +37,24 @@ read a downloaded snapshot as is, and the card's ``configs`` point ``datasets.lo
   uploader (already-committed files are skipped, uploaded chunks deduplicated), it is
   ``upload_folder``. Either way nothing is rebuilt on a re-run (the parquet view and card are cached
   by a fingerprint of the dataset's files), so unchanged files are recognised as already uploaded.
-  Files removed from the dataset since an earlier push are not deleted from the repo.
+* **Pruning** (the default; ``prune=False`` / ``--no-prune`` turns it off): the repo mirrors the
+  dataset. Files an earlier push uploaded that the dataset no longer has (fewer shards after a
+  re-conversion, a parquet view with fewer files, a removed ``stats.json``) are deleted *in the
+  upload's commit* (``upload_folder(delete_patterns=...)``, exact names; with
+  ``upload_large_folder``, which cannot delete, in one commit right after the upload has
+  finished, so an interrupted push never deletes). Only paths of the layout rldskit writes
+  (:func:`managed_path`: the TFDS metadata, ``manifest.json``, ``stats.json``,
+  ``episodes.parquet``, ``<name>-<split>.<format>-NNNNN-of-NNNNN`` shards at the root,
+  ``steps/*.steps.array_record-NNNNN-NNN`` and ``parquet/<split>-NNNNN-of-NNNNN.parquet``) are ever
+  deleted: ``README.md``, ``.gitattributes``, anything else a user committed (a licence, notes,
+  other versions in sub-folders) stays, and other branches are not touched. Why the default: a
+  stale parquet file matches the card's ``parquet/<split>-*.parquet`` glob, so without pruning
+  ``datasets.load_dataset`` would return steps twice, and a stale shard would sit beside the ones
+  ``dataset_info.json`` names; a deletion is a commit, so the old files stay in the repo's history.
 * :func:`pull`: ``snapshot_download(repo_type="dataset", local_dir=out)`` (or a copy of a local
   folder), then the dataset is opened with ``rldskit.open`` and checked against
   ``dataset_info.json`` and the ``manifest.json`` checksums.
-* :func:`register_cli`: ``rldskit push PATH --repo ID [--public] [--license L]`` and
+* :func:`register_cli`: ``rldskit push PATH --repo ID [--public] [--license L] [--no-prune]`` and
   ``rldskit pull REPO --out DIR``; exit 0 ok, 1 upload/download failure, 2 usage.
 
 Tokens: the ``token`` argument, else ``HF_TOKEN``, else the stored ``huggingface-cli login``
@@ -75,7 +88,7 @@ import numpy as np
 from rldskit.spec import EpisodeSpec, Image, Text
 
 __all__ = ["dataset_card", "parquet_view", "hf_features", "to_hf_dataset", "stage", "push", "pull", "register_cli",
-           "HubError", "PARQUET_DIR", "CARD_FILE", "RESERVED_COLUMNS"]
+           "managed_path", "HubError", "PARQUET_DIR", "CARD_FILE", "RESERVED_COLUMNS"]
 
 PARQUET_DIR = "parquet"
 CARD_FILE = "README.md"
@@ -94,6 +107,11 @@ _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.
 _HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;}]+")
 _HUB_URL = "https://huggingface.co/datasets/{}"
+#: repo paths of the layout rldskit writes (anchored at the repo root): the only ones a push deletes
+_MANAGED_RE = re.compile(r"(?:dataset_info|features|rldskit_spec|manifest|stats)\.json|episodes\.parquet"
+                         r"|[^/]+-[^/]+\.(?:tfrecord|array_record)-\d{5}-of-\d{5}"
+                         r"|steps/[^/]+\.steps\.array_record-\d{5}-\d{3}"
+                         r"|parquet/[^/]+-\d{5}-of-\d{5}\.parquet")
 
 
 class HubError(RuntimeError):
@@ -496,6 +514,24 @@ def _provenance(ds: Any) -> tuple[Counter, Counter, Counter, int, int]:
     return tags, envs, roles, n, terminal
 
 
+def _conversion_line(version_dir: Path) -> str | None:
+    """What ``manifest.json`` says about the conversion, for the card: counts and the sources by
+    the names the manifest records them under (never a local path; a manifest without ``roots``,
+    whose inputs may carry absolute paths, gives the counts only). ``None`` without a manifest."""
+    try:
+        m = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        counts = m["counts"]
+        line = (f"Converted by rldskit from {int(counts['inputs'])} input episodes: {int(counts['written'])} written, "
+                f"{int(counts['quarantined'])} quarantined (listed with their reasons in `{MANIFEST_FILE}`)")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    roots = m.get("roots")
+    if isinstance(roots, list) and roots and all(isinstance(r, dict) and "name" in r for r in roots):
+        line += "; sources: " + ", ".join(
+            f"`{_md(r['name'])}` ({r.get('inputs', '?')} inputs, sha256 `{str(r.get('sha256', ''))[:16]}`)" for r in roots)
+    return line + "."
+
+
 def dataset_card(path: str | os.PathLike, *, license: str | None = None, repo_id: str | None = None) -> str:  # noqa: A002
     """The Hub ``README.md`` of the dataset at ``path``: YAML front matter (``license``: the argument,
     else the spec's, else ``"other"``; ``task_categories: [robotics]``; tags; ``configs`` pointing
@@ -563,6 +599,9 @@ def dataset_card(path: str | os.PathLike, *, license: str | None = None, repo_id
     md.append("")
 
     md += ["## Provenance", "", f"{n_eps} episodes: {n_term} terminal, {n_eps - n_term} not terminal (truncated).", ""]
+    conv = _conversion_line(ds.path)
+    if conv:
+        md += [conv, ""]
     if envs:
         md += ["Environments: " + ", ".join(f"`{_md(k)}` ({v})" for k, v in envs.most_common()), ""]
     if roles:
@@ -720,20 +759,36 @@ def stage(path: str | os.PathLike, staging: str | os.PathLike, *, repo_id: str |
             "parquet": listed, "rebuilt": rebuilt}
 
 
+def managed_path(rel: str) -> bool:
+    """Whether the repo path ``rel`` belongs to the layout a push writes (see the module
+    docstring, *Pruning*): only such files are deleted when the dataset no longer has them.
+    ``README.md``, ``.gitattributes`` and anything in another folder or under another name are not."""
+    return _MANAGED_RE.fullmatch(rel) is not None
+
+
+def _stale(remote: Sequence[str], staged: Sequence[str]) -> list[str]:
+    keep = set(staged)
+    return sorted(f for f in remote if f not in keep and managed_path(f))
+
+
 def push(path: str | os.PathLike, repo_id: str, *, private: bool = True, token: str | None = None, api: Any = None,
          revision: str | None = None, license: str | None = None, commit_message: str | None = None,  # noqa: A002
-         staging_dir: str | os.PathLike | None = None, rows_per_file: int | None = None) -> dict[str, Any]:
+         staging_dir: str | os.PathLike | None = None, rows_per_file: int | None = None,
+         prune: bool = True) -> dict[str, Any]:
     """Publish the dataset at ``path`` as the Hub dataset repo ``repo_id`` (see the module docstring):
     ``api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)``, stage the
     dataset's files, ``README.md`` (``license``: argument, else the spec's, else ``"other"``) and
     ``parquet/`` in a re-used staging folder (``staging_dir``, default beside the dataset), then upload
     it with ``api.upload_large_folder`` (or ``api.upload_folder`` on huggingface_hub 2.x, where it is the
     resumable uploader; ``commit_message`` applies there only). **Re-running after an interruption
-    resumes the upload.** ``api`` defaults to ``HfApi(token=...)``; ``token`` to ``$HF_TOKEN``, then the
-    stored login. Raises ``DatasetError`` for a path that is not a dataset, ``ValueError`` for a bad
-    ``repo_id``, and :class:`HubError` (token scrubbed) when the Hub refuses or the upload fails.
-    Returns ``{"repo_id", "url", "private", "revision", "method", "staging", "files", "bytes",
-    "parquet", "commit"}``."""
+    resumes the upload.** ``prune`` (default): files of rldskit's layout (:func:`managed_path`) that
+    the repo (``revision``) holds but the dataset no longer has are deleted in the upload's commit
+    (after the upload, in one commit, with ``upload_large_folder``); ``prune=False`` leaves them and
+    lists them as ``"stale"``. ``api`` defaults to ``HfApi(token=...)``; ``token`` to ``$HF_TOKEN``,
+    then the stored login. Raises ``DatasetError`` for a path that is not a dataset, ``ValueError``
+    for a bad ``repo_id``, and :class:`HubError` (token scrubbed) when the Hub refuses or the upload
+    fails. Returns ``{"repo_id", "url", "private", "revision", "method", "staging", "files", "bytes",
+    "parquet", "commit", "deleted", "stale"}``."""
     if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id):
         raise ValueError(f"repo id {repo_id!r} is not of the form 'owner/name'")
     ds = _open(path)
@@ -755,19 +810,35 @@ def push(path: str | os.PathLike, repo_id: str, *, private: bool = True, token: 
     else:
         folder = _staging_base(ds.path, repo_id, revision) / "upload"
     staged = stage(ds.path, folder, repo_id=repo_id, license=license, rows_per_file=rows_per_file)
+    remote = _call(f"listing the files of {repo_id}", api.list_repo_files, repo_id, repo_type="dataset",
+                   revision=revision, secrets=secrets)
+    stale = _stale(list(remote or []), staged["files"])
     kwargs: dict[str, Any] = {"repo_id": repo_id, "folder_path": str(folder), "repo_type": "dataset"}
     if revision:
         kwargs["revision"] = revision
+    deleted: list[str] = []
     if hasattr(api, "upload_large_folder"):
         method = "upload_large_folder"
         result = _call(f"upload to {repo_id}", api.upload_large_folder, private=private, secrets=secrets, **kwargs)
+        if prune and stale:  # upload_large_folder cannot delete: one commit once the upload is complete
+            from huggingface_hub import CommitOperationDelete
+
+            result = _call(f"deleting {len(stale)} stale files from {repo_id}", api.create_commit, repo_id,
+                           [CommitOperationDelete(path_in_repo=f) for f in stale], repo_type="dataset",
+                           revision=revision, secrets=secrets,
+                           commit_message=f"Remove {len(stale)} files no longer in {ds.name} {ds.version} (rldskit)")
+            deleted = stale
     else:
         method = "upload_folder"
         msg = commit_message or f"Upload {ds.name} {ds.version} (rldskit)"
+        if prune and stale:  # exact names: the deletions ride the upload's (first) commit
+            kwargs["delete_patterns"] = [_glob_escape(f) for f in stale]
+            deleted = stale
         result = _call(f"upload to {repo_id}", api.upload_folder, commit_message=msg, secrets=secrets, **kwargs)
     return {"repo_id": repo_id, "url": _HUB_URL.format(repo_id), "private": private, "revision": revision,
             "method": method, "staging": str(folder), "files": staged["files"], "bytes": staged["bytes"],
-            "parquet": staged["parquet"], "commit": getattr(result, "oid", None)}
+            "parquet": staged["parquet"], "commit": getattr(result, "oid", None), "deleted": deleted,
+            "stale": [] if prune else stale}
 
 
 # =========================================================================== pull
@@ -894,12 +965,18 @@ def _cli_fail(code: int, msg: str) -> int:
 def _cmd_push(args: argparse.Namespace) -> int:
     res = _cli_call(lambda: push(args.path, args.repo, private=not args.public, license=args.license,
                                  revision=args.revision, commit_message=args.message, staging_dir=args.staging,
-                                 rows_per_file=args.rows_per_file))
+                                 rows_per_file=args.rows_per_file, prune=args.prune))
     if isinstance(res, int):
         return res
     kind = "private" if res["private"] else "public"
     print(f"pushed {len(res['files'])} files ({res['bytes'] / 1e6:.1f} MB) to {res['url']} ({kind}, "
           f"{res['method']}; staging {res['staging']})")
+    if res["deleted"]:
+        print(f"deleted {len(res['deleted'])} files no longer in the dataset: " + ", ".join(res["deleted"][:5])
+              + (", ..." if len(res["deleted"]) > 5 else ""))
+    if res["stale"]:
+        print(f"{len(res['stale'])} files no longer in the dataset were left in the repo (--no-prune): "
+              + ", ".join(res["stale"][:5]) + (", ..." if len(res["stale"]) > 5 else ""))
     return 0
 
 
@@ -935,7 +1012,11 @@ def register_cli(subparsers: Any) -> None:
         "push", help="publish a converted dataset as a Hugging Face dataset repo (card, parquet view, TFDS files); "
                      "private by default; re-run to resume an interrupted upload",
         description="Upload a converted dataset version folder to a Hub dataset repo. The token comes from "
-                    "HF_TOKEN or `hf auth login`. Re-running the same command resumes an interrupted upload.")
+                    "HF_TOKEN or `hf auth login`. Re-running the same command resumes an interrupted upload. "
+                    "The repo mirrors the dataset: files of rldskit's layout that an earlier push uploaded and the "
+                    "dataset no longer has (old shards, parquet view files, stats.json) are deleted in the upload's "
+                    "commit, since stale shards or parquet files would make readers see wrong or duplicated steps; "
+                    "README.md, .gitattributes and any other file committed on the Hub are never deleted.")
     p.add_argument("path", help="dataset version folder (<data_dir>/<name>/<version>) or a folder above one")
     p.add_argument("--repo", required=True, metavar="ID", help="Hub dataset repo id, owner/name")
     p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
@@ -944,6 +1025,9 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--message", default=None, help="commit message (huggingface_hub 2.x upload_folder only)")
     p.add_argument("--staging", default=None, metavar="DIR", help="staging folder (default: beside the dataset)")
     p.add_argument("--rows-per-file", type=int, default=None, metavar="N", help="steps per parquet file")
+    p.add_argument("--no-prune", dest="prune", action="store_false",
+                   help="keep files of rldskit's layout that the dataset no longer has (default: delete them in the "
+                        "upload's commit; README.md and files rldskit does not write are never deleted)")
     p.set_defaults(func=_cmd_push)
 
     q = subparsers.add_parser(

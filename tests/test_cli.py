@@ -464,3 +464,16 @@ def test_pre_commit_hook_definition():
     for path in ("data/schema.json", "out/manifest.json", "tfds/x/1.0.0/dataset_info.json",
                  "tfds/x/1.0.0/features.json", "data/ep_1/frames/front/000000.jpg", "README.md"):
         assert not selected(path), path
+
+
+# =========================================================================== push --help
+
+
+def test_push_help_documents_pruning_and_the_opt_out(capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["push", "--help"])
+    assert ei.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--no-prune" in text
+    assert "deleted in the upload's commit" in text and "duplicated steps" in text  # what, and why
+    assert "README.md, .gitattributes and any other file committed on the Hub are never deleted" in text

@@ -88,7 +88,9 @@ class _FakeHub:
     """Stands in for ``HfApi``: the "remote" repo is a local folder. Records every call. An upload
     copies the folder's files (skipping ``.cache``) and, like the real resumable uploaders, skips
     files already committed unchanged (same size and mtime); ``fail_after=k`` raises after ``k``
-    files of the next upload, with ``error`` as the message."""
+    files of the next upload, with ``error`` as the message. ``commits`` records what each commit
+    added and deleted (deletions matched by ``huggingface_hub``'s own pattern filter, as
+    ``upload_folder(delete_patterns=...)`` does; ``.gitattributes`` is never deleted)."""
 
     def __init__(self, remote: Path, *, fail_after: int | None = None, error: str = "connection reset by peer",
                  fail_create: str | None = None):
@@ -96,7 +98,32 @@ class _FakeHub:
         self.calls: list[tuple[str, tuple, dict]] = []
         self.committed: dict[str, tuple[int, int]] = {}
         self.sent: list[list[str]] = []
+        self.commits: list[dict[str, list[str]]] = []
         self.fail_after, self.error, self.fail_create = fail_after, error, fail_create
+
+    def list_repo_files(self, repo_id, *, revision=None, repo_type=None, **kw):
+        self.calls.append(("list_repo_files", (repo_id,), dict(revision=revision, repo_type=repo_type, **kw)))
+        return _remote_files(self.remote)
+
+    def _delete(self, patterns, keep=()) -> list[str]:
+        from huggingface_hub.utils import filter_repo_objects
+
+        gone = [f for f in filter_repo_objects(_remote_files(self.remote), allow_patterns=patterns)
+                if f != ".gitattributes" and f not in keep]
+        for f in gone:
+            (self.remote / f).unlink()
+            self.committed.pop(f, None)
+        return gone
+
+    def create_commit(self, repo_id, operations, *, commit_message, repo_type=None, revision=None, **kw):
+        self.calls.append(("create_commit", (repo_id,), dict(operations=list(operations), commit_message=commit_message,
+                                                              repo_type=repo_type, revision=revision, **kw)))
+        paths = [op.path_in_repo for op in operations if type(op).__name__ == "CommitOperationDelete"]
+        assert len(paths) == len(list(operations)), "only deletions are expected in create_commit"
+        from rldskit.hub import _glob_escape
+
+        self.commits.append({"added": [], "deleted": self._delete([_glob_escape(p) for p in paths])})
+        return SimpleNamespace(oid="de1e7e")
 
     def create_repo(self, repo_id, *, repo_type=None, private=None, exist_ok=False, **kw):
         self.calls.append(("create_repo", (repo_id,), dict(repo_type=repo_type, private=private, exist_ok=exist_ok, **kw)))
@@ -129,22 +156,32 @@ class _FakeHub:
         return sent
 
 
+def _remote_files(remote: Path) -> list[str]:
+    return sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*")
+                  if p.is_file() and ".cache" not in p.relative_to(remote).parts)
+
+
 class FakeLargeApi(_FakeHub):
     """huggingface_hub 0.25-1.x: ``upload_large_folder`` is the resumable uploader."""
 
     def upload_large_folder(self, repo_id, folder_path, *, repo_type, revision=None, private=None, **kw):
         self.calls.append(("upload_large_folder", (), dict(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
                                                           revision=revision, private=private, **kw)))
-        self._upload(folder_path)
+        self.commits.append({"added": self._upload(folder_path), "deleted": []})
 
 
 class FakeFolderApi(_FakeHub):
     """huggingface_hub 2.x: no ``upload_large_folder``; ``upload_folder`` resumes."""
 
-    def upload_folder(self, *, repo_id, folder_path, repo_type=None, revision=None, commit_message=None, **kw):
+    def upload_folder(self, *, repo_id, folder_path, repo_type=None, revision=None, commit_message=None,
+                      delete_patterns=None, **kw):
         self.calls.append(("upload_folder", (), dict(repo_id=repo_id, folder_path=folder_path, repo_type=repo_type,
-                                                    revision=revision, commit_message=commit_message, **kw)))
-        self._upload(folder_path)
+                                                    revision=revision, commit_message=commit_message,
+                                                    **({"delete_patterns": delete_patterns} if delete_patterns else {}),
+                                                    **kw)))
+        local = _remote_files(Path(folder_path))
+        gone = self._delete(delete_patterns, keep=local) if delete_patterns else []
+        self.commits.append({"added": self._upload(folder_path), "deleted": gone})  # one commit: both
         return SimpleNamespace(oid="c0ffee", commit_url="https://example.invalid/commit")
 
 
@@ -164,9 +201,18 @@ class SignatureCheckedApi:
             sig.bind(self, *args, **kwargs)  # TypeError on a wrong or missing argument
             self.calls.append((name, args, kwargs))
             if name in ("upload_large_folder", "upload_folder"):
+                if kwargs.get("delete_patterns"):
+                    self.fake._delete(kwargs["delete_patterns"], keep=_remote_files(Path(kwargs["folder_path"])))
                 self.fake._upload(kwargs["folder_path"])
             elif name == "create_repo":
                 self.fake.remote.mkdir(parents=True, exist_ok=True)
+            elif name == "list_repo_files":
+                return _remote_files(self.fake.remote)
+            elif name == "create_commit":
+                paths = [op.path_in_repo for op in (args[1] if len(args) > 1 else kwargs["operations"])]
+                from rldskit.hub import _glob_escape
+
+                self.fake._delete([_glob_escape(p) for p in paths])
 
         return call
 
@@ -293,6 +339,16 @@ def test_dataset_card_front_matter_schema_stats_and_provenance(fresh):
     assert "| `origin:synthetic` | 4 |" in text
     assert "No `stats.json`" in text
     assert "load_dataset('me/arm', split='train')" in text and "pull('me/arm'" in text
+    manifest = json.loads((fresh / "manifest.json").read_text())
+    root = manifest["roots"][0]
+    assert ("Converted by rldskit from 4 input episodes: 4 written, 0 quarantined (listed with their reasons in "
+            f"`manifest.json`); sources: `cap` (4 inputs, sha256 `{root['sha256'][:16]}`).") in text
+    legacy = dict(manifest, inputs=[dict(i, source=f"/home/me/robot/cap/{i['source']}") for i in manifest["inputs"]])
+    del legacy["roots"]  # a manifest written before inputs were recorded relative to their source
+    (fresh / "manifest.json").write_text(json.dumps(legacy))
+    text = hub.dataset_card(fresh, repo_id="me/arm")
+    assert "Converted by rldskit from 4 input episodes" in text and "/home/me" not in text and "sources:" not in text
+    (fresh / "manifest.json").write_text(json.dumps(manifest))
 
     stats = compute_stats(StepIndex.load(fresh))
     (fresh / "stats.json").write_text(json.dumps(stats))
@@ -314,10 +370,11 @@ def test_push_creates_a_private_dataset_repo_and_uploads_everything(fresh, refer
     api = FakeLargeApi(remote)
     res = hub.push(fresh, "me/arm", api=api, token=TOKEN)
     names = [c[0] for c in api.calls]
-    assert names == ["create_repo", "upload_large_folder"]
+    assert names == ["create_repo", "list_repo_files", "upload_large_folder"]
     assert api.calls[0][1] == ("me/arm",)
     assert api.calls[0][2] == {"repo_type": "dataset", "private": True, "exist_ok": True}
-    up = api.calls[1][2]
+    assert api.calls[1][2] == {"repo_type": "dataset", "revision": None}
+    up = api.calls[2][2]
     assert up["repo_type"] == "dataset" and up["private"] is True and up["repo_id"] == "me/arm"
     assert up["revision"] is None
     staging = Path(up["folder_path"])
@@ -347,10 +404,11 @@ def test_push_public_revision_license_and_the_2x_upload_folder(fresh, tmp_path):
     api = FakeFolderApi(tmp_path / "remote")
     res = hub.push(fresh, "me/arm2", api=api, private=False, revision="v1", license="apache-2.0",
                    commit_message="first release", rows_per_file=5)
-    assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "list_repo_files", "upload_folder"]
     assert api.calls[0][2]["private"] is False
     assert api.calls[1][2] == {"branch": "v1", "repo_type": "dataset", "exist_ok": True}
-    up = api.calls[2][2]
+    assert api.calls[2][2] == {"repo_type": "dataset", "revision": "v1"}
+    up = api.calls[3][2]
     assert (up["repo_type"], up["revision"], up["commit_message"]) == ("dataset", "v1", "first release")
     assert res["method"] == "upload_folder" and res["commit"] == "c0ffee"
     assert len(res["parquet"]) == 4  # 19 steps, 5 per file
@@ -359,11 +417,17 @@ def test_push_public_revision_license_and_the_2x_upload_folder(fresh, tmp_path):
 
 def test_calls_match_the_installed_huggingface_hub_signatures(fresh, tmp_path):
     api = SignatureCheckedApi(tmp_path / "remote")
+    (fresh / "stats.json").write_text(json.dumps({"reward": {"mean": 0.5, "std": 0.1, "min": 0, "max": 1, "count": 19}}))
     res = hub.push(fresh, "me/arm", api=api, revision="dev", commit_message="m")
     expected = "upload_large_folder" if hasattr(hf.HfApi, "upload_large_folder") else "upload_folder"
     assert res["method"] == expected
-    assert [c[0] for c in api.calls] == ["create_repo", "create_branch", expected]
+    assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "list_repo_files", expected]
     assert (tmp_path / "remote" / "README.md").is_file() and (tmp_path / "remote" / "dataset_info.json").is_file()
+    (fresh / "stats.json").unlink()  # a pruning push, with the real signatures too
+    res = hub.push(fresh, "me/arm", api=api, revision="dev", commit_message="m")
+    assert res["deleted"] == ["stats.json"] and not (tmp_path / "remote" / "stats.json").exists()
+    assert [c[0] for c in api.calls][4:] == ["create_repo", "create_branch", "list_repo_files", expected] + \
+        (["create_commit"] if expected == "upload_large_folder" else [])
     sig = inspect.signature(hf.snapshot_download)
 
     def snapshot(**kw):
@@ -389,7 +453,7 @@ def test_interrupted_push_resumes_on_rerun_without_rebuilding(fresh, tmp_path):
     assert {p: (staging / p).stat().st_mtime_ns for p in _files(staging)} == before  # nothing rebuilt
     assert set(api.sent[1]) == set(before) - set(first)  # only the rest was sent
     assert _files(remote) == _files(staging)
-    assert [c[0] for c in api.calls] == ["create_repo", "upload_large_folder"] * 2
+    assert [c[0] for c in api.calls] == ["create_repo", "list_repo_files", "upload_large_folder"] * 2
 
     # a changed dataset is re-staged: new stats -> new card; the view is rebuilt from changed files
     (fresh / "stats.json").write_text(json.dumps({"reward": {"mean": 0.5, "std": 0.1, "min": 0, "max": 1, "count": 19}}))
@@ -593,3 +657,109 @@ def test_no_local_path_reaches_the_dataset_stats_report_or_the_pushed_repo(tmp_p
     assert found == {}, found
     # and the pulled copy still verifies against the manifest checksums
     assert rldskit.open(hub.pull(remote, tmp_path / "pulled")).num_episodes() == 2
+
+
+# =========================================================================== pruning (issue 12, item 7)
+
+
+#: files a user committed to the repo on the Hub (or an older layout left): never rldskit's to delete
+UNRELATED = {".gitattributes": "*.parquet filter=lfs\n", "LICENSE": "MIT\n", "docs/notes.md": "how we recorded\n",
+             "steps/NOTES.md": "a user's note beside the step files\n", "parquet/extra.parquet": "not ours\n",
+             "v0/arm-train.array_record-00000-of-00004": "an older version kept in a subfolder\n",
+             "v0/steps/arm-train.steps.array_record-00000-000": "its steps\n", "notes-manifest.json": "{}\n"}
+
+
+def _many_shards(arm, tmp_path) -> Path:
+    """The arm episodes converted into 3 ArrayRecord shards at <tmp>/data/arm/1.0.0 (the 1-step
+    episode shares the last one)."""
+    res = convert([arm.parents[2] / "cap"], tmp_path / "data", name="arm", runner="inline",
+                  formats=("array_record",), shard_size_mb=1e-4)
+    assert sum(o["layout"] == "episodes" for o in res.manifest["outputs"]) == 3
+    return res.path
+
+
+def _reconvert_to_one_shard(arm, ds: Path) -> None:
+    convert([arm.parents[2] / "cap"], ds.parents[1], name="arm", runner="inline", formats=("array_record",),
+            overwrite=True)
+
+
+def _add_unrelated(remote: Path) -> None:
+    for rel, text in UNRELATED.items():
+        (remote / rel).parent.mkdir(parents=True, exist_ok=True)
+        (remote / rel).write_text(text)
+
+
+def test_push_deletes_files_gone_from_the_dataset_in_the_upload_commit(arm, reference, tmp_path):
+    ds = _many_shards(arm, tmp_path)
+    remote = tmp_path / "remote"
+    api = FakeFolderApi(remote)
+    first = hub.push(ds, "me/arm", api=api, rows_per_file=5)
+    assert first["deleted"] == [] and "delete_patterns" not in api.calls[-1][2]  # nothing to prune yet
+    _add_unrelated(remote)
+    old = set(_remote_files(remote))
+
+    _reconvert_to_one_shard(arm, ds)  # 3 shards -> 1, 4 parquet files -> 1
+    res = hub.push(ds, "me/arm", api=api)
+    staged = set(res["files"])
+    stale = sorted(old - staged - set(UNRELATED))
+    assert stale == sorted([f"arm-train.array_record-0000{k}-of-00003" for k in range(3)]
+                           + [f"steps/arm-train.steps.array_record-0000{k}-000" for k in range(1, 3)]
+                           + [f"parquet/train-0000{k}-of-00004.parquet" for k in range(4)])
+    commit = api.commits[-1]
+    assert sorted(commit["deleted"]) == stale == sorted(res["deleted"])  # deleted in the upload's commit...
+    assert "arm-train.array_record-00000-of-00001" in commit["added"]  # ...which adds the new shard
+    assert "parquet/train-00000-of-00001.parquet" in commit["added"]
+    assert [c[0] for c in api.calls][-3:] == ["create_repo", "list_repo_files", "upload_folder"]
+    assert set(_remote_files(remote)) == staged | set(UNRELATED)  # the user's files survive
+    assert all((remote / rel).read_text() == text for rel, text in UNRELATED.items())
+    # the repo is the dataset again: TFDS shards and the parquet view give each step exactly once
+    for a, b in zip(rldskit.open(remote).episodes("train"), reference.ds.episodes("train")):
+        assert_episodes_equal(a, b)
+    loaded = datasets.load_dataset(str(remote), split="train", cache_dir=str(tmp_path / "cache"))
+    _check_rows(loaded, reference, len(reference.source))
+    # a third push with nothing stale deletes nothing
+    hub.push(ds, "me/arm", api=api)
+    assert api.commits[-1]["deleted"] == [] and "delete_patterns" not in api.calls[-1][2]
+
+
+def test_push_no_prune_leaves_stale_files_and_reports_them(arm, tmp_path, monkeypatch, capsys):
+    ds = _many_shards(arm, tmp_path)
+    remote = tmp_path / "remote"
+    api = FakeFolderApi(remote)
+    hub.push(ds, "me/arm", api=api)
+    before = set(_remote_files(remote))
+    _reconvert_to_one_shard(arm, ds)
+    res = hub.push(ds, "me/arm", api=api, prune=False)
+    assert res["deleted"] == [] and api.commits[-1]["deleted"] == []
+    assert "delete_patterns" not in api.calls[-1][2]
+    assert set(res["stale"]) == before - set(res["files"]) and res["stale"]
+    assert set(res["stale"]) <= set(_remote_files(remote))
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(hub, "_make_api", lambda token: api)
+    assert _cli(["push", str(ds), "--repo", "me/arm", "--no-prune"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(res['stale'])} files no longer in the dataset were left in the repo (--no-prune)" in out
+    assert _cli(["push", str(ds), "--repo", "me/arm"]) == 0
+    assert f"deleted {len(res['stale'])} files no longer in the dataset" in capsys.readouterr().out
+    assert set(_remote_files(remote)) == set(res["files"])
+
+
+def test_push_with_upload_large_folder_deletes_in_one_commit_after_the_upload(arm, tmp_path):
+    ds = _many_shards(arm, tmp_path)
+    remote = tmp_path / "remote"
+    api = FakeLargeApi(remote)
+    hub.push(ds, "me/arm", api=api)
+    _add_unrelated(remote)
+    _reconvert_to_one_shard(arm, ds)
+    api.fail_after = 1  # an interrupted upload deletes nothing
+    with pytest.raises(hub.HubError):
+        hub.push(ds, "me/arm", api=api)
+    assert "arm-train.array_record-00002-of-00003" in _remote_files(remote)
+    assert "create_commit" not in [c[0] for c in api.calls]
+    res = hub.push(ds, "me/arm", api=api)
+    assert [c[0] for c in api.calls][-4:] == ["create_repo", "list_repo_files", "upload_large_folder", "create_commit"]
+    op = api.calls[-1][2]
+    assert op["repo_type"] == "dataset" and "rldskit" in op["commit_message"]
+    assert sorted(api.commits[-1]["deleted"]) == sorted(res["deleted"]) and len(res["deleted"]) == 5  # 3 shards, 2 step files
+    assert set(_remote_files(remote)) == set(res["files"]) | set(UNRELATED)
