@@ -339,6 +339,17 @@ def test_breakdowns_by_tag_role_and_row_columns(donkey):
         dataset_stats(donkey, by=("nope",))
 
 
+def test_breakdown_by_source_names_inputs_as_the_manifest_records_them(donkey):
+    """``source`` values are the inputs' paths under the converted folder (``cap/<episode>``), the
+    manifest's, never the local path the episodes were read from."""
+    by = dataset_stats(donkey, by=("source",))[DATASET_KEY]["by"]["source"]
+    manifest = json.loads((donkey / "manifest.json").read_text())
+    assert sorted(by) == sorted(i["source"] for i in manifest["inputs"] if i["status"] == "written")
+    assert all(k.startswith("cap/ep_") for k in by), sorted(by)
+    written = json.dumps(dataset_stats(donkey, by=("source", "tag")))
+    assert str(donkey.parents[2]) not in written
+
+
 # =========================================================================== stats.json and the loaders
 
 
