@@ -194,13 +194,17 @@ def test_unbatched_windows_equal_batched_ones(donkey):
 def test_images_equal_pil_decoded_capture_frames(donkey, donkey_ref):
     from PIL import Image
 
+    from rldskit.pipeline.plan import resolve_source
+
     ld = L.steps(donkey, batch_size=8, shuffle=False, drop_remainder=False)
     index = ld.index
     seen = 0
+    sources = [donkey.parents[2] / "cap"]  # what the fixture converted; "source" is recorded relative to it
     for batch in ld:
         for i, g in enumerate(batch["index"]):
             e, t = index.locate(int(g))
-            frame = Path(str(index.episodes["source"][e])) / "frames" / "image" / f"{int(t):06d}.jpg"
+            episode = resolve_source(str(index.episodes["source"][e]), sources)
+            frame = episode / "frames" / "image" / f"{int(t):06d}.jpg"
             want = np.asarray(Image.open(frame).convert("RGB"))
             np.testing.assert_array_equal(batch["observation/image"][i], want)
             seen += 1
