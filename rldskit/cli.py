@@ -358,7 +358,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
                       beam_options=extra, last_step=args.last_step, overwrite=args.overwrite,
                       progress=_Progress("converting (shards)", sys.stderr.isatty()))
     except (ConversionError, SpecError) as e:
-        return _err(str(e))
+        if args.verbose and e.__cause__ is not None:  # a runner's failure: the worker's whole traceback
+            import traceback
+
+            traceback.print_exception(e.__cause__, file=sys.stderr)
+        return _err(str(e) + ("" if args.verbose or e.__cause__ is None else " (-v shows the traceback and Beam's logs)"))
     c = res.counts
     nbytes = sum(o["bytes"] for o in res.manifest["outputs"])
     print(f"{res.path}: {c['inputs']} episodes in, {c['written']} written, {c['quarantined']} quarantined, "
@@ -442,7 +446,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in _COMMAND_MODULES:
         importlib.import_module(module).register_cli(sub)
+    _add_verbose(ap, sub)
     return ap
+
+
+_VERBOSE_HELP = "show the libraries' logs (Beam, TensorFlow, absl; also in Beam's worker processes)"
+
+
+def _add_verbose(ap: argparse.ArgumentParser, sub) -> None:
+    """``-v``/``--verbose`` before or after any subcommand (``rldskit -v convert ...`` or
+    ``rldskit convert ... -v``); without it the terminal shows rldskit's own output, its warnings
+    and errors only (see :mod:`rldskit._log`)."""
+    ap.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    for parser in {id(p): p for p in sub.choices.values()}.values():
+        _add_verbose_to(parser)
+
+
+def _add_verbose_to(parser: argparse.ArgumentParser) -> None:
+    if "--verbose" not in parser._option_string_actions:
+        flags = ["--verbose"] if "-v" in parser._option_string_actions else ["-v", "--verbose"]
+        parser.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
+    for a in parser._actions:  # nested subcommands (schema, import lerobot|donkey, ...)
+        if isinstance(a, argparse._SubParsersAction):
+            for p in {id(p): p for p in a.choices.values()}.values():
+                _add_verbose_to(p)
 
 
 #: modules that add subcommands with ``register_cli(subparsers)``
@@ -499,6 +526,9 @@ def precommit_main(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rldskit._log import configure
+
+    configure(args.verbose or None)  # before any command imports TensorFlow or Beam; RLDSKIT_VERBOSE=1 also works
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -78,16 +78,10 @@ def _convert_and_read_back(out: Path) -> bool:
     print(f"  manifest: {res.path / 'manifest.json'} (every input, every output shard with sha256)")
 
     _banner("5. read back: TFDS builder_from_directory (as_dataset / as_data_source) and rldskit.open")
-    import logging
-
     import numpy as np
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # quiet unless -v: rldskit._log (configured in main) set TF's C++ log level
 
     import rldskit
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
 
     builder = tfds.builder_from_directory(str(res.path))
     n_tf = sum(1 for _ in builder.as_dataset(split="train"))
@@ -208,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="show the libraries' logs (Beam, TensorFlow, absl; also in Beam's worker processes)")
     args = ap.parse_args(argv)
+    from rldskit._log import configure
+
+    configure(args.verbose or None)  # before TensorFlow, Beam or torch is imported; RLDSKIT_VERBOSE=1 also works
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)

@@ -477,3 +477,28 @@ def test_push_help_documents_pruning_and_the_opt_out(capsys):
     assert "--no-prune" in text
     assert "deleted in the upload's commit" in text and "duplicated steps" in text  # what, and why
     assert "README.md, .gitattributes and any other file committed on the Hub are never deleted" in text
+
+
+def test_every_command_takes_verbose_before_or_after_itself():
+    """``-v``/``--verbose`` (quiet by default: rldskit._log) is accepted on the top level and by every
+    subcommand, nested ones included, and lands in the same place."""
+    import argparse
+
+    from rldskit.cli import build_parser
+
+    ap = build_parser()
+    assert ap.parse_args(["-v", "schema", "list"]).verbose is True
+    assert ap.parse_args(["schema", "list", "-v"]).verbose is True
+    assert ap.parse_args(["schema", "list"]).verbose is False
+    seen = []
+
+    def walk(parser, path):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, p in a.choices.items():
+                    assert "--verbose" in p._option_string_actions, f"rldskit {' '.join(path + [name])} lacks --verbose"
+                    seen.append(" ".join(path + [name]))
+                    walk(p, path + [name])
+
+    walk(ap, [])
+    assert {"validate", "convert", "recover", "stats", "push", "pipeline"} <= set(seen), seen

@@ -18,14 +18,17 @@ uses Beam's DaskRunner against a ``dask.distributed`` scheduler (``dask_address`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rldskit.pipeline.plan import ConvertOptions, ShardPlan
+from rldskit._log import beam_worker_log_level, filtered_stderr, is_quiet, is_verbose
+from rldskit.pipeline.plan import ConversionError, ConvertOptions, ShardPlan
 
 __all__ = ["run_beam", "pipeline_options"]
 
@@ -39,7 +42,7 @@ def pipeline_options(runner: str | None = None, *, num_workers: int | None = Non
     if runner == "direct":
         workers = num_workers or os.cpu_count() or 1
         opts = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}",
-                "--default_sdk_harness_log_level=WARNING"]
+                f"--default_sdk_harness_log_level={beam_worker_log_level()}"]
     elif runner == "dask":
         if not dask_address:
             raise ValueError("--runner dask needs --dask-address tcp://HOST:8786 (a dask.distributed scheduler)")
@@ -78,30 +81,66 @@ def _watch(opts: ConvertOptions, total: int, progress: Callable[[int, int], None
 def run_beam(opts: ConvertOptions, shards: Sequence[ShardPlan], options: Sequence[str],
              progress: Callable[[int, int], None] | None = None) -> None:
     """Run every shard task on the runner ``options`` name; returns when all finished.
-    ``progress(done, total)`` is called as shards finish (polled from the work folder)."""
+    ``progress(done, total)`` is called as shards finish (polled from the work folder). A failure
+    (a worker's exception, a failed run) raises :class:`ConversionError` with its first line; the
+    original exception is its ``__cause__``."""
+    elements = [(n, sh.split, sh.index, [dataclasses.asdict(i) for i in sh.items]) for n, sh in enumerate(shards)]
+    if not is_verbose():
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)  # the runner's chatter is not the user's business
+    # quiet (the CLI, the demo): the worker processes Beam starts inherit a filtered stderr (see rldskit._log)
+    with filtered_stderr() if is_quiet() else contextlib.nullcontext():
+        try:
+            state = _run(opts, elements, options, progress, len(shards))
+        except Exception as e:  # noqa: BLE001 - a worker's failure arrives as whatever the runner raises
+            raise ConversionError(f"the Beam pipeline failed: {_gist(e)}") from e
+    if str(state).upper().rsplit(".", 1)[-1] not in ("DONE", "NONE"):
+        raise ConversionError(f"the Beam pipeline ended in state {state}")
+
+
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
+
+
+def _gist(e: BaseException) -> str:
+    """One line for a runner's exception. A worker's failure comes back as the text of the worker's
+    traceback: its last exception line is the message (Beam's ``RuntimeError:`` wrapper dropped);
+    ``-v`` shows the whole traceback."""
+    lines = [ln.rstrip() for ln in str(e).strip().splitlines() if ln.strip()]
+    excs = [ln for ln in lines if _EXC_LINE.match(ln)]
+    head = excs[-1] if excs and lines and lines[0].startswith("Traceback") else (lines[0] if lines else "")
+    inner = re.sub(r"^RuntimeError: (?=[A-Za-z_][\w.]*(Error|Exception)\b)", "", head)
+    return inner if _EXC_LINE.match(inner) else f"{type(e).__name__}: {inner}".rstrip(": ")
+
+
+def _run(opts: ConvertOptions, elements: list, options: Sequence[str], progress, total: int):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    elements = [(n, sh.split, sh.index, [dataclasses.asdict(i) for i in sh.items]) for n, sh in enumerate(shards)]
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # the runner's chatter is not the user's business
     p = beam.Pipeline(options=PipelineOptions(list(options)))
-    results = (p
-               | "Shards" >> beam.Create(elements)
-               | "ReadValidateEncodeWrite" >> beam.FlatMap(_write, opts).with_outputs("quarantine", main="shards"))
+    (p
+     | "Shards" >> beam.Create(elements)
+     | "ReadValidateEncodeWrite" >> beam.FlatMap(_write, opts).with_outputs("quarantine", main="shards"))
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(opts, len(shards), progress, stop), daemon=True) if progress else None
+    shown = [-1]  # the last count the watcher reported (the bar ends once, at total)
+
+    def report(done: int, tot: int) -> None:
+        shown[0] = done
+        progress(done, tot)
+
+    watcher = threading.Thread(target=_watch, args=(opts, total, report, stop), daemon=True) if progress else None
     if watcher:
         watcher.start()
-    result = p.run()
     try:
-        state = result.wait_until_finish()
+        result = p.run()
+        try:
+            state = result.wait_until_finish()
+        finally:
+            client = getattr(result, "client", None)  # DaskRunner: the runner opens a client and leaves it open
+            if client is not None:
+                client.close()
     finally:
         stop.set()
         if watcher:
             watcher.join()
-            progress(len(shards), len(shards))
-        client = getattr(result, "client", None)  # DaskRunner: the runner opens a client and leaves it open
-        if client is not None:
-            client.close()
-    if str(state).upper().rsplit(".", 1)[-1] not in ("DONE", "NONE"):
-        raise RuntimeError(f"the Beam pipeline ended in state {state}")
+    if progress and shown[0] != total:
+        progress(total, total)
+    return state
