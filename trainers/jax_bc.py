@@ -58,11 +58,11 @@ from trainers import common
 from trainers.common import ConfigError, TrainConfig
 
 __all__ = ["ConvMLP", "build_model", "new_model", "export_weights", "load_weights", "apply_export", "evaluate",
-           "make_optimizer", "train", "sanity_check", "export", "main"]
+           "make_optimizer", "train", "sanity_check", "overfit_one_batch", "export", "main"]
 
 FRAMEWORK = "jax"
-SANITY_STEPS = 30
-SANITY_BATCH = 8
+SANITY_STEPS = common.SANITY_STEPS
+SANITY_BATCH = common.SANITY_BATCH
 EVIDENCE_EVAL_BATCHES = 64
 
 
@@ -542,57 +542,81 @@ def export(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None) -> Pat
 # =========================================================================== sanity check
 
 
-def sanity_check(cfg: TrainConfig) -> dict[str, Any]:
-    """A tiny run of ``cfg``'s model (``SANITY_STEPS`` steps, batch <= ``SANITY_BATCH``, no
-    checkpoints, metrics under ``<out>/sanity``): the loss must be finite and fall (mean of the first
-    5 vs the last 5 steps), every parameter tensor must move and the output must be ``(B, K, A)``.
-    Writes ``<out>/proof_of_learning.json`` and, when it passes, ``<out>/export`` with the proof as
-    evidence. Returns the proof (``passed``, ``failures``, ...)."""
-    n_dev = len(jax.devices())
-    batch = max(n_dev, min(cfg.batch_size, SANITY_BATCH))
-    batch += -batch % n_dev
-    scfg = dataclasses.replace(cfg, max_steps=SANITY_STEPS, batch_size=batch, warmup_steps=min(cfg.warmup_steps, 5),
-                               log_every=5, mirror=None).validate()
+def overfit_one_batch(cfg: TrainConfig, io: common.PolicyIO, arrays: Mapping[str, np.ndarray], *,
+                      tx: optax.GradientTransformation | None = None) -> tuple[dict[str, Any], ConvMLP]:
+    """Fit ``cfg``'s fresh model to the one batch ``arrays`` (:func:`common.batch_arrays`) with the
+    trainer's own jitted train step and ``tx`` (default :func:`make_optimizer` of ``cfg``) for
+    ``cfg.max_steps`` steps, then judge it (:func:`common.sanity_proof`): inputs checked first
+    (:func:`common.check_batch`; nothing runs when they fail), every loss and gradient norm
+    finite, the loss on the batch down to ``SANITY_RATIO`` of its start, output ``(B, K, A)``,
+    every parameter tensor moved (:func:`common.param_update`). Returns ``(proof, model)``."""
+    inputs, input_failures = common.check_batch(arrays, cfg, io)
+    model = new_model(cfg, io)
+    init = export_weights(model)
+    losses: list[float] = []
+    gnorms: list[float] = []
+    final_loss = out_shape = None
+    out_finite, update, update_failures = False, None, []
+    if not input_failures:
+        devices = jax.devices()
+        sharding = data_sharding(devices)
+        replicated = NamedSharding(sharding.mesh, PartitionSpec())
+        graphdef, state = nnx.split(model, nnx.Param)
+        params = state.to_pure_dict()
+        tx = tx if tx is not None else make_optimizer(cfg)[0]
+        opt_state = tx.init(params)
+        rng = jax.random.key_data(jax.random.key(cfg.seed))
+        params, opt_state, rng = jax.device_put((params, opt_state, rng), replicated)
+        train_step = _make_train_step(graphdef, tx, replicated)
+        batch = device_put_batch(dict(arrays), sharding)
+        for _ in range(cfg.max_steps):
+            params, opt_state, rng, loss, gnorm = train_step(params, opt_state, rng, batch)
+            losses.append(float(loss))
+            gnorms.append(float(gnorm))
+            if not (np.isfinite(losses[-1]) and np.isfinite(gnorms[-1])):
+                break
+        model = nnx.merge(graphdef, jax.device_get(params))
+        y = _forward(model, arrays["images"], arrays["state"]).astype(np.float64)
+        out_shape, out_finite = list(y.shape), bool(np.all(np.isfinite(y)))
+        if out_shape == list(arrays["actions"].shape):
+            err = (y - arrays["actions"]) ** 2 * arrays["mask"][..., None]
+            final_loss = float(err.sum() / (max(float(arrays["mask"].sum()), 1.0) * arrays["actions"].shape[-1]))
+        update, update_failures = common.param_update(init, export_weights(model))
+    proof = common.sanity_proof(framework=FRAMEWORK, cfg=cfg, io=io, inputs=inputs, input_failures=input_failures,
+                                losses=losses, grad_norms=gnorms, final_loss=final_loss, output_shape=out_shape,
+                                output_finite=out_finite, update=update, update_failures=update_failures,
+                                extra={"devices": len(jax.devices())})
+    return proof, model
+
+
+def sanity_check(cfg: TrainConfig, *, tx: optax.GradientTransformation | None = None) -> dict[str, Any]:
+    """Overfit one batch (Karpathy's check): the first batch (``min(batch_size, SANITY_BATCH)``
+    windows, the same for a seed) of the run's loader, a fresh model of ``cfg``, the run's
+    optimiser (``tx``, default :func:`make_optimizer` with the schedule fitted to the check:
+    :func:`common.sanity_config`) for ``SANITY_STEPS`` steps; the loss on that same batch must
+    fall to ``SANITY_RATIO`` (10%) of its initial value. Shapes and finiteness of inputs, loss,
+    gradient norm, outputs and parameters are checked, and the per-tensor parameter change
+    recorded. See :func:`overfit_one_batch`.
+
+    What it detects: a model, optimiser or data plumbing that cannot learn (a learning rate too
+    small, parameters that do not update, a loss without real actions, NaN/inf anywhere,
+    mis-shaped inputs or outputs). What it does not: whether the actions are predictable from the
+    observations -- a batch of pure-noise actions is memorised too (``common.SANITY_SCOPE``).
+    Deterministic for ``cfg.seed`` on CPU.
+
+    Writes ``<out>/proof_of_learning.json`` and, when it passes, ``<out>/export`` (weights of the
+    overfit model, the proof as evidence: a plumbing check, not a policy to ship). Returns the
+    proof (``passed``, ``failures``, ``loss_initial``, ``loss_final``, ``loss_ratio``, ...)."""
+    scfg = common.sanity_config(cfg, len(jax.devices()))
+    _check_data(scfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary, model, io = _run(scfg, save=False, do_export=False, metrics_dir=out / "sanity")
-    losses = np.asarray(summary["losses"], np.float64)
-    init = export_weights(new_model(scfg, io))
-    final = export_weights(model)
-    delta = {k: float(np.linalg.norm(final[k].astype(np.float64) - init[k])) for k in sorted(init)}
-
-    loader = common.make_loader(scfg)
-    try:
-        a = common.batch_arrays(next(loader), io)
-    finally:
-        loader.close()
-    y = _forward(model, a["images"], a["state"])
-    want = (scfg.batch_size, scfg.action_horizon, io.action_dim)
-
-    failures = []
-    if len(losses) != SANITY_STEPS:
-        failures.append(f"ran {len(losses)} steps, expected {SANITY_STEPS}")
-    if not np.all(np.isfinite(losses)):
-        failures.append(f"non-finite loss at step {int(np.argmin(np.isfinite(losses))) + 1}")
-    first, last = float(losses[:5].mean()), float(losses[-5:].mean())
-    if not last < first:
-        failures.append(f"loss did not decrease: mean of the first 5 steps {first:.5f}, of the last 5 {last:.5f}")
-    if tuple(y.shape) != want:
-        failures.append(f"output shape {tuple(y.shape)}, expected {want}")
-    frozen = [k for k, d in delta.items() if not d > 0]
-    if frozen:
-        failures.append(f"parameters did not move: {', '.join(frozen)}")
-    proof = {"passed": not failures, "failures": failures, "framework": FRAMEWORK, "steps": int(summary["step"]),
-             "loss_curve": [float(x) for x in losses], "loss_first5_mean": first, "loss_last5_mean": last,
-             "output_shape": list(y.shape), "param_delta_l2": delta, "devices": summary["devices"],
-             "config": common.config_to_dict(scfg)}
+    io = _io(scfg)
+    arrays, normalizer = common.sanity_batch(scfg, io)
+    proof, model = overfit_one_batch(scfg, io, arrays, tx=tx)
     common.atomic_write_json(out / "proof_of_learning.json", proof)
     if proof["passed"]:
-        loader = common.make_loader(scfg)
-        try:
-            _write_export(scfg, io, loader.normalizer, model, int(summary["step"]), evidence={"proof_of_learning": proof})
-        finally:
-            loader.close()
+        _write_export(scfg, io, normalizer, model, proof["steps"], evidence={"proof_of_learning": proof}, quiet=True)
     return proof
 
 
@@ -609,7 +633,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the latest local or mirrored checkpoint")
     p.add_argument("--sanity-check", action="store_true", dest="sanity_check",
-                   help="a tiny run that must learn; writes <out>/proof_of_learning.json")
+                   help="overfit one batch: the loss on it must fall to 10%% in 400 steps; writes "
+                        "<out>/proof_of_learning.json")
     p.add_argument("--export", action="store_true", help="write <out>/export from the latest checkpoint and exit")
     p.add_argument("--mirror", help="a folder or hf://user/repo that receives every checkpoint")
     p.add_argument("--seed", type=int)
@@ -628,8 +653,10 @@ def main(argv: list[str] | None = None) -> int:
             if not proof["passed"]:
                 print("sanity check FAILED: " + "; ".join(proof["failures"]), file=sys.stderr)
                 return 1
-            print(f"sanity check passed: loss {proof['loss_first5_mean']:.4f} -> {proof['loss_last5_mean']:.4f} "
-                  f"over {proof['steps']} steps; proof in {Path(cfg.out) / 'proof_of_learning.json'}")
+            print(f"sanity check passed: overfit one batch of {proof['batch_size']}: loss {proof['loss_initial']:.4g} -> "
+                  f"{proof['loss_final']:.4g} ({100 * proof['loss_ratio']:.1f}% of the initial value, needs <= "
+                  f"{100 * proof['required_ratio']:.0f}%) in {proof['steps']} steps; proof in "
+                  f"{Path(cfg.out) / 'proof_of_learning.json'}")
             return 0
         if args.export:
             print(f"export {export(cfg)}")

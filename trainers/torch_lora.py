@@ -7,6 +7,7 @@ training of a fresh one, on an rldskit windows loader. CPU-first (a laptop, a Pi
     python -m trainers.torch_lora --config ... --out runs/bc0 --full             # a base with torch alone
     python -m trainers.torch_lora --config ... --base ... --out ... --resume      # after a preemption
     python -m trainers.torch_lora --config ... --base ... --out ... --use-stub-hooks   # dry run of the wiring
+    python -m trainers.torch_lora --config ... --base ... --out ... --sanity-check     # overfit one batch
 
 **Model.** :class:`ConvMLPPolicy` is the ``conv_mlp`` v1 forward of ``trainers/common.py`` (per-camera
 conv encoders with TensorFlow ``SAME`` padding done by ``F.pad``, NHWC flattening, MLP, head). Layout
@@ -44,6 +45,7 @@ weights (``W + B @ A * scale``, peft's ``get_delta_weight``), runnable with nump
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -66,7 +68,7 @@ from trainers.common import Checkpoints, ConfigError, MetricsWriter, PreemptionG
 
 __all__ = ["ConvMLPPolicy", "policy_from_export", "export_weights", "load_export_weights", "apply_export",
            "check_architecture", "add_lora", "lora_target_modules", "evaluate", "action_metrics", "train",
-           "dry_run", "promote", "load_adapter", "write_candidate", "main", "ADAPTER_WEIGHTS", "ADAPTER_JSON"]
+           "dry_run", "sanity_check", "overfit_one_batch", "promote", "load_adapter", "write_candidate", "main", "ADAPTER_WEIGHTS", "ADAPTER_JSON"]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_JSON = "adapter.json"
@@ -298,6 +300,23 @@ def _tensors(arrays: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 def _masked_mse(pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     err = ((pred - actions) ** 2).mean(-1) * mask
     return err.sum() / mask.sum().clamp_min(1.0)
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, sched, params: list[torch.Tensor],
+                batch: tuple[torch.Tensor, ...], grad_clip: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on ``batch`` (``images, state, actions, mask``): forward (bf16 autocast
+    when ``amp``), masked MSE, backward, clip the global gradient norm of ``params`` to
+    ``grad_clip``, AdamW and scheduler steps. Returns ``(loss, pre-clip grad norm)`` before the update."""
+    images, state, actions, mask = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        pred = model(images, state)
+    loss = _masked_mse(pred.float(), actions, mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    return loss, gnorm
 
 
 def _eval_loader(cfg: TrainConfig, split: str | None):
@@ -691,6 +710,22 @@ def train(cfg: TrainConfig, base: str | None, *, resume: bool = False, stop_afte
         torch.set_num_threads(threads)
 
 
+def _model_for_run(cfg: TrainConfig, arch: Mapping[str, Any], base_model: ConvMLPPolicy | None,
+                   full: bool) -> nn.Module:
+    """The module a run trains: ``base_model`` (or a fresh policy, seeded by ``cfg.seed``), with
+    LoRA adapters (and everything else frozen) unless ``full``; in train mode."""
+    torch.manual_seed(cfg.seed)
+    model = base_model if base_model is not None else ConvMLPPolicy(arch)
+    if not full:
+        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    model.train()
+    return model
+
+
+def _optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
 def _train(cfg: TrainConfig, base: str | None, *, resume: bool, stop_after: int | None, gate: Gate | None,
            full: bool) -> dict[str, Any]:
     t0 = time.monotonic()
@@ -720,15 +755,10 @@ def _train(cfg: TrainConfig, base: str | None, *, resume: bool, stop_after: int 
         common.atomic_write_json(out / "report.json", _json_safe(summary))
         return summary
 
-    torch.manual_seed(cfg.seed)
-    if base is None:
-        model = ConvMLPPolicy(arch)
-    if not full:
-        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
-    model.train()
+    model = _model_for_run(cfg, arch, model if base is not None else None, full)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = _optimizer(cfg, params)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     loader = common.make_loader(cfg, num_epochs=None)
 
@@ -779,14 +809,7 @@ def _train(cfg: TrainConfig, base: str | None, *, resume: bool, stop_after: int 
                 batch = next(it)
                 images, state, actions, mask = _tensors(common.batch_arrays(batch, io))
                 t2 = time.monotonic()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                    pred = model(images, state)
-                loss = _masked_mse(pred.float(), actions, mask)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                sched.step()
+                loss, gnorm = _train_step(model, opt, sched, params, (images, state, actions, mask), cfg.grad_clip, amp)
                 step += 1
                 steps_done += 1
                 t3 = time.monotonic()
@@ -856,6 +879,109 @@ def _exported_step(out: Path) -> int | None:
 
 def _none_if_nan(x: float) -> float | None:
     return None if math.isnan(x) else x
+
+
+# =========================================================================== sanity check
+
+
+def overfit_one_batch(cfg: TrainConfig, io: common.PolicyIO, arrays: Mapping[str, np.ndarray], model: nn.Module, *,
+                      lora: bool, optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None
+                      ) -> tuple[dict[str, Any], nn.Module]:
+    """Fit ``model`` (from :func:`_model_for_run`) to the one batch ``arrays``
+    (:func:`common.batch_arrays`) with the trainer's own step (:func:`_train_step`: AdamW from
+    ``optimizer(params)``, default the run's, over the parameters that require grad; the run's
+    schedule; clipping; bf16 autocast when configured) for ``cfg.max_steps`` steps, and judge it
+    (:func:`common.sanity_proof`; LoRA needs ``SANITY_LORA_RATIO``, full training ``SANITY_RATIO``). What may change: with ``lora`` only the adapters
+    (``lora_*`` parameters; every base weight must stay bit-identical), else every parameter;
+    each of those must move. The final loss is the merged export's forward (a plain
+    :class:`ConvMLPPolicy` loaded with :func:`export_weights`) on the batch. Returns
+    ``(proof, model)``."""
+    inputs, input_failures = common.check_batch(arrays, cfg, io)
+    named = dict(model.named_parameters())
+    init = {n: p.detach().numpy().copy() for n, p in named.items()}
+    init_export = export_weights(model)
+    expected = [n for n in named if not lora or "lora_" in n]
+    losses: list[float] = []
+    gnorms: list[float] = []
+    final_loss = out_shape = None
+    out_finite, update, update_failures, extra = False, None, [], {"mode": "lora" if lora else "full"}
+    if not input_failures:
+        params = [p for p in named.values() if p.requires_grad]
+        opt = (optimizer or functools.partial(_optimizer, cfg))(params)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+        batch = _tensors(arrays)
+        model.train()
+        for _ in range(cfg.max_steps):
+            loss, gnorm = _train_step(model, opt, sched, params, batch, cfg.grad_clip, cfg.precision == "bfloat16")
+            losses.append(float(loss.detach()))
+            gnorms.append(float(gnorm))
+            if not (math.isfinite(losses[-1]) and math.isfinite(gnorms[-1])):
+                break
+        model.eval()
+        merged = export_weights(model)
+        plain = ConvMLPPolicy(model.arch)
+        with torch.no_grad():
+            load_export_weights(plain, merged, "the trained weights")
+            y = plain(batch[0], batch[1]).double().numpy()
+        out_shape, out_finite = list(y.shape), bool(np.all(np.isfinite(y)))
+        if out_shape == list(arrays["actions"].shape):
+            err = (y - arrays["actions"]) ** 2 * arrays["mask"][..., None]
+            final_loss = float(err.sum() / (max(float(arrays["mask"].sum()), 1.0) * arrays["actions"].shape[-1]))
+        final = {n: p.detach().numpy() for n, p in model.named_parameters()}
+        update, update_failures = common.param_update(init, final, expected)
+        extra["export_tensors_changed"] = sorted(k for k in merged if not np.array_equal(merged[k], init_export[k]))
+    proof = common.sanity_proof(framework="torch", cfg=cfg, io=io, inputs=inputs, input_failures=input_failures,
+                                losses=losses, grad_norms=gnorms, final_loss=final_loss, output_shape=out_shape,
+                                output_finite=out_finite, update=update, update_failures=update_failures,
+                                required_ratio=common.SANITY_LORA_RATIO if lora else common.SANITY_RATIO, extra=extra)
+    return proof, model
+
+
+def sanity_check(cfg: TrainConfig, base: str | None = None, *, full: bool = False) -> dict[str, Any]:
+    """Overfit one batch with this trainer (the same check as ``jax_bc.sanity_check``): the first
+    batch (``min(batch_size, SANITY_BATCH)`` windows, the same for a seed) of the run's loader, the
+    model the run would train (LoRA on ``base``, or every weight with ``full``/no base), the
+    run's optimiser and schedule fitted to ``SANITY_STEPS`` steps (:func:`common.sanity_config`);
+    the loss on that same batch must fall to ``SANITY_RATIO`` (10%) of its initial value
+    (LoRA: ``SANITY_LORA_RATIO``, 50%: low-rank adapters on a frozen base cannot memorise 8
+    windows in general); inputs,
+    loss, gradient norm, output and parameters must be finite and shaped right; every trainable
+    tensor must move and, with LoRA, every base weight must stay exactly as it was (recorded in
+    ``param_update``: ``trainable``, ``frozen``, ``frozen_unchanged``; ``export_tensors_changed``
+    lists the merged export tensors that differ from the base).
+
+    It detects a model, optimiser or data plumbing that cannot learn, not whether actions are
+    predictable from observations: pure-noise actions are memorised on one batch too
+    (``common.SANITY_SCOPE``). Deterministic for ``cfg.seed`` on CPU.
+
+    Writes ``<out>/proof_of_learning.json`` and, when it passes, ``<out>/export`` (the overfit
+    weights with the proof as evidence: a plumbing check, not a policy to ship). Returns the proof."""
+    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(_torch_threads())
+    try:
+        full = full or base is None
+        scfg = common.sanity_config(cfg)
+        io, arch = _io_and_arch(scfg)
+        base_model = _load_base(base, arch)[0] if base is not None else None
+        arrays, normalizer = common.sanity_batch(scfg, io)
+        model = _model_for_run(scfg, arch, base_model, full)
+        proof, model = overfit_one_batch(scfg, io, arrays, model, lora=not full)
+        if base is not None:
+            proof["base"] = _base_info(base)
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        common.atomic_write_json(out / "proof_of_learning.json", proof)
+        if proof["passed"]:
+            p = Path(scfg.data).resolve()
+            dataset = {"name": p.parent.name, "version": p.name, "spec_id": io.spec_id, "path": str(p)}
+            doc = common.policy_document(scfg, io, normalizer, framework="torch", step=proof["steps"],
+                                         dataset=dataset, evidence={"proof_of_learning": proof})
+            common.write_export(out / "export", export_weights(model), doc)
+        return proof
+    finally:
+        torch.use_deterministic_algorithms(det)
+        torch.set_num_threads(threads)
 
 
 # =========================================================================== dry run
@@ -962,11 +1088,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from the most advanced local or mirrored checkpoint")
     ap.add_argument("--full", action="store_true", help="train every weight, no LoRA")
     ap.add_argument("--use-stub-hooks", action="store_true", help="dry run: wiring with a stub step, no model or data")
+    ap.add_argument("--sanity-check", action="store_true",
+                    help="overfit one batch: the loss on it must fall to 10%% (LoRA: 50%%, and only the adapters "
+                         "may change) in 400 steps; writes <out>/proof_of_learning.json; exit 1 when it fails")
     ap.add_argument("--promote", action="store_true", help="after a finished LoRA run, run the promotion gate")
     args = ap.parse_args(argv)
     try:
         cfg = common.load_config(args.config, args.preset, {"out": args.out, "data": args.data,
                                                              "max_steps": args.max_steps, "mirror": args.mirror})
+        if args.sanity_check:
+            proof = sanity_check(cfg, args.base, full=args.full)
+            if not proof["passed"]:
+                print("sanity check FAILED: " + "; ".join(proof["failures"]), file=sys.stderr)
+                return 1
+            print(f"sanity check passed ({proof['mode']}): overfit one batch of {proof['batch_size']}: loss "
+                  f"{proof['loss_initial']:.4g} -> {proof['loss_final']:.4g} ({100 * proof['loss_ratio']:.1f}% of the "
+                  f"initial value, needs <= {100 * proof['required_ratio']:.0f}%) in {proof['steps']} steps; proof in "
+                  f"{Path(cfg.out) / 'proof_of_learning.json'}")
+            return 0
         if args.use_stub_hooks:
             summary = dry_run(cfg, args.base, full=args.full)
             print(json.dumps(summary, default=str))
