@@ -92,6 +92,28 @@ CODES: dict[str, tuple[str, str]] = {
     "EPISODE_QUARANTINED": (ERROR, "a usable record whose episode was quarantined (the episode's reason says why); not imported"),
     "EPISODE_EXISTS": (WARNING, "a record whose episode is already in the output folder (an earlier import); left unchanged"),
     "UNREADABLE_OR_ABSENT": (WARNING, "an index inside a gap has no record on any readable catalog line"),
+    # importing LeRobot datasets (rldskit.importers.lerobot): warnings are reported and the import goes on;
+    # as errors (the same code) the dataset or episode is not imported
+    "SOURCE": (ERROR, "the LeRobot folder is not a dataset rldskit can read (no meta/info.json, unknown version, ...)"),
+    "UNIT": (WARNING, "joint positions were converted to radians from the declared unit; as an error: the unit is unknown, nothing imported"),
+    "CAMERA_NAMES": (WARNING, "cameras were mapped by position or dropped; as an error: a camera the schema requires is absent"),
+    "CAMERA_SHAPE": (WARNING, "a camera's video frames differ from the shape info.json declares; the video's shape is used"),
+    "CAMERA_PARTIAL": (WARNING, "a camera has video for only some episodes; the others are skipped"),
+    "DECLARED_ABSENT": (WARNING, "info.json declares episodes or a camera that have no data files"),
+    "INDEX_GAP": (WARNING, "the episode indices with data do not run 0..N-1"),
+    "PADDED": (WARNING, "signals the schema has and the source lacks are stored as placeholders"),
+    "LENGTH_MISMATCH": (WARNING, "an episode's row count differs from its meta/episodes length"),
+    "UNDECLARED_COLUMN": (WARNING, "a data column is not declared in info.json features; ignored"),
+    "SCALAR_IN_LIST": (WARNING, "a column stores scalars in one-element lists; unwrapped"),
+    "ROW_ORDER": (WARNING, "an episode's rows are not in timestamp order; sorted"),
+    "TIMESTAMP_START_MISSING": (WARNING, "rldskit timestamp offsets without their episode start; kept as offsets from 0"),
+    "JUNK_TASK": (WARNING, "a task string is a placeholder; the language instruction is left empty"),
+    "FRAME_MISSING": (WARNING, "rows had no video frame within the tolerance; the nearest frame is used"),
+    "VIDEO_SHORT": (WARNING, "a video ends before its episode's rows; the episode is truncated to the decodable frames"),
+    # the HTML report (rldskit.report)
+    "STEP_UNREADABLE": (ERROR, "a step chosen for the report's frame grid cannot be read or decoded"),
+    # the TFDS capture builder (builders/rlds_capture)
+    "CONVERT_ERROR": (ERROR, "an episode could not be read or encoded by the builder; quarantined with the exception"),
 }
 
 

@@ -78,3 +78,12 @@ def test_installed_stack_is_the_locked_one():
         if Version(installed) != Version(pinned):
             wrong.append(f"{name}: installed {installed}, locked {pinned}")
     assert not wrong, "installed stack differs from requirements-lock.txt:\n" + "\n".join(wrong)
+
+
+def test_the_two_distributions_declare_no_command_twice():
+    """``rldskit-edge`` belongs to the edge distribution (edge_runtime/pyproject.toml); the main one,
+    which carries the same package, must not install a script of the same name over it."""
+    main = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("scripts", {})
+    edge = tomllib.loads((ROOT / "edge_runtime" / "pyproject.toml").read_text())["project"].get("scripts", {})
+    assert "rldskit-edge" in edge
+    assert not set(main) & set(edge), set(main) & set(edge)

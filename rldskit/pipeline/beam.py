@@ -2,18 +2,23 @@
 
 ::
 
-    Create(shard plans) -> Reshuffle -> Map(write_shard) -> Map(shard summary)
+    Create(shard plans) -> FlatMap(_write).with_outputs("quarantine", main="shards")
 
-One element per planned shard; the shard task (:func:`rldskit.pipeline.shard.write_shard`)
-reads, validates, encodes and writes that shard's inputs and records what it did. Quarantined
-episodes are a tagged output (``quarantine``) as well as part of each shard's record, which the
-driver's finalisation checks (inputs = written + quarantined).
+One element per planned shard (``beam.Create`` of ``(n, split, index, items)``); ``_write`` runs
+the shard task (:func:`rldskit.pipeline.shard.write_shard`), which reads, validates, encodes and
+writes that shard's inputs and records what it did in the work folder. Quarantined episodes are
+a tagged output (``quarantine``) as well as part of each shard's record, which the driver's
+finalisation checks (inputs = written + quarantined). Nothing is collected back through Beam:
+the driver reads the shard records from the work folder after the run (:func:`run_beam`
+returns when every shard finished and raises :class:`ConversionError` when one failed).
 
-Runners: the default is the DirectRunner in ``multi_processing`` mode with one worker per
-core. Any Beam runner works by passing pipeline options (``--runner=DataflowRunner
---project=... --region=... --temp_location=gs://... --setup_file=./setup.py``; the output
-folder must then be a path every worker can write, e.g. a mounted bucket). ``runner="dask"``
-uses Beam's DaskRunner against a ``dask.distributed`` scheduler (``dask_address``).
+Runners (:func:`pipeline_options`): ``direct`` (the default) is the DirectRunner in
+``multi_processing`` mode with one worker per core; ``dask`` is Beam's DaskRunner against a
+``dask.distributed`` scheduler (``dask_address``). (``rldskit.pipeline.convert(runner="inline")``
+runs the shard tasks in its own process without Beam.) Other runners take their pipeline options as given, but the shard task
+writes to the output folder directly, so every worker must see the same filesystem; nothing
+here stages rldskit for remote workers (Dataflow would need a wheel passed as
+``--extra_package``), and no remote runner is tested.
 """
 
 from __future__ import annotations
