@@ -45,8 +45,10 @@ test-edge-alone:
 test-fast: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
 
+# Every benchmark, one after another (each prints rldskit's path, its baseline and their ratio; medians).
+BENCHMARKS = validate convert load stats import train edge arrayrecord_compression
 bench: $(STAMP)
-	$(PY) bench/validate.py
+	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) bench/$$b.py; done
 
 # Re-resolve the whole stack to the newest releases pyproject.toml allows (pip-compile, in a throwaway venv,
 # with pip's own resolver and index settings, so the CPU torch wheel on local disk is the one locked).
