@@ -56,13 +56,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ._io import atomic_write, fsync_dir
+from .atomic_io import atomic_write, fsync_dir, write_new_file
 from .policy import Policy, PolicyError
 
 __all__ = ["BundleError", "VerifiedBundle", "build_bundle", "pack_zip", "extract_zip", "sign_bundle",
            "verify_bundle", "generate_keypair", "load_private_key", "load_public_key", "key_id", "trusted_key_set",
-           "default_safety", "action_names", "safety_bounds", "manifest_sha256", "MANIFEST", "SIGNATURE", "FORMAT", "FORMAT_VERSION", "MAX_ZIP_ENTRIES",
-           "MAX_ZIP_BYTES", "MAX_ZIP_RATIO"]
+           "default_safety", "action_names", "safety_bounds", "manifest_sha256", "json_bytes", "MANIFEST",
+           "SIGNATURE", "FORMAT", "FORMAT_VERSION", "MAX_ZIP_ENTRIES", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO"]
 
 FORMAT = "rldskit-edge-bundle"
 FORMAT_VERSION = 1
@@ -120,16 +120,9 @@ class VerifiedBundle:
 # =========================================================================== small file helpers
 
 
-def _write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create ``path`` (which must not exist) with ``data``, fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_bytes(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the edge runtime writes its JSON documents (manifest, signature, safety, evidence,
+    slot state): 2-space indent, sorted keys, a final newline."""
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -147,7 +140,7 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 
 def _copy_file(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _write_file(dst, src.read_bytes())
+    write_new_file(dst, src.read_bytes())
 
 
 def _now_iso() -> str:
@@ -306,15 +299,15 @@ def build_bundle(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *, v
         (tmp / POLICY_DIR).mkdir()
         _copy_file(export / "model.safetensors", tmp / POLICY_DIR / "model.safetensors")
         _copy_file(export / "policy.json", tmp / POLICY_DIR / "policy.json")
-        _write_file(tmp / SAFETY, _json_bytes(safety_doc))
+        write_new_file(tmp / SAFETY, json_bytes(safety_doc))
         if docs:
             (tmp / "evidence").mkdir()
             for k, doc in sorted(docs.items()):
                 try:
-                    data = _json_bytes(doc)
+                    data = json_bytes(doc)
                 except (TypeError, ValueError) as e:
                     raise BundleError(f"evidence {k!r}: not JSON-serialisable: {e}") from None
-                _write_file(tmp / "evidence" / f"{k}.json", data)
+                write_new_file(tmp / "evidence" / f"{k}.json", data)
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
@@ -324,7 +317,7 @@ def build_bundle(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *, v
                     "compat": list(compat), "backend": backend, "created_at": _now_iso(), "files": files,
                     "evidence": {k: {"file": f"evidence/{k}.json", **_summary(v)} for k, v in sorted(docs.items())},
                     "safety": safety_doc}
-        _write_file(tmp / MANIFEST, _json_bytes(manifest))
+        write_new_file(tmp / MANIFEST, json_bytes(manifest))
         for d in (tmp / POLICY_DIR, tmp / "evidence", tmp):
             if d.is_dir():
                 fsync_dir(d)
@@ -628,12 +621,12 @@ def sign_bundle(bundle: str | os.PathLike, key_path: str | os.PathLike) -> dict[
     verify_bundle(p, allow_unsigned=True, _check_sig=False)
     if p.is_dir():
         doc = _sign_doc((p / MANIFEST).read_bytes(), key)
-        atomic_write(p / SIGNATURE, _json_bytes(doc))
+        atomic_write(p / SIGNATURE, json_bytes(doc))
         return doc
     entries = _read_zip_entries(p)
     entries.pop(SIGNATURE, None)
     doc = _sign_doc(entries[MANIFEST], key)
-    entries[SIGNATURE] = _json_bytes(doc)
+    entries[SIGNATURE] = json_bytes(doc)
     atomic_write(p, _zip_bytes(entries))
     return doc
 

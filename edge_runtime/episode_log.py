@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write, fsync_dir, write_all
+from .atomic_io import atomic_write, fsync_dir, write_all
 
 __all__ = ["EpisodeLog", "CaptureEpisode", "CaptureReadError", "FrameDecodeError", "read_capture_episode",
            "encode_png", "decode_png", "decode_frame", "frame_kind", "FORMAT"]

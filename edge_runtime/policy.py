@@ -75,7 +75,7 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` as a ``.safetensors`` file with numpy alone (the layout
     :func:`load_safetensors` reads; names sorted, data 8-byte aligned), atomically and durably."""
-    from ._io import atomic_write
+    from .atomic_io import atomic_write
 
     names = {v: k for k, v in _DTYPES.items()}
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}

@@ -41,9 +41,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._io import fsync_dir
-from .bundle import (MANIFEST, SAFETY, SIGNATURE, BundleError, _json_bytes, _write_file, action_names,
-                     default_safety, extract_zip, safety_bounds, verify_bundle)
+from .atomic_io import fsync_dir, write_new_file
+from .bundle import (MANIFEST, SAFETY, SIGNATURE, BundleError, action_names,
+                     default_safety, extract_zip, json_bytes, safety_bounds, verify_bundle)
 from .policy import Policy, PolicyError
 
 __all__ = ["SlotError", "HealthCheckFailed", "LoadedPolicy", "install", "health_check", "promote", "rollback",
@@ -133,7 +133,7 @@ def _write_state(root: Path, state: dict[str, Any], fault: Fault = None) -> None
              "history": list(state.get("history", [])), "events": list(state.get("events", []))[-MAX_EVENTS:]}
     tmp = root / f".{STATE}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     try:
-        _write_file(tmp, _json_bytes(state))
+        write_new_file(tmp, json_bytes(state))
         _fire(fault, "state_tmp_written")
         os.replace(tmp, root / STATE)
     except BaseException:
@@ -262,7 +262,7 @@ def install(bundle_path: str | os.PathLike, root: str | os.PathLike, *, trusted_
                             continue
                         d = tmp.joinpath(*rel.split("/"))
                         d.parent.mkdir(parents=True, exist_ok=True)
-                        _write_file(d, s.read_bytes())
+                        write_new_file(d, s.read_bytes())
                     for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
                         fsync_dir(d)
                     fsync_dir(tmp)
