@@ -1,7 +1,9 @@
-"""Episode logging on the robot in rldskit's capture layout ("rldskit.capture/1"), standard
-library and numpy only; plus a minimal reader of that layout (for replay) and PNG coding.
+"""Episode logging on the robot in the capture layout ("rldskit.capture/1"), standard library and
+numpy only; plus a minimal reader of that layout (for replay).
 
-The layout (the same as :mod:`rldskit.formats.capture_dir`, which reads what this writes)::
+The layout, its writer, chunk reading and recovery live in :mod:`edge_runtime.capture_layout` (the
+one implementation, which :mod:`rldskit.formats.capture_dir` builds on too); this module adds the
+robot's step policy: frames from bytes or arrays, timestamps from a clock, reserved keys::
 
     <root>/schema.json                   the spec, when one was given (the folder describes itself)
     <root>/<episode>/metadata.json       "status": "recording" until ended, then "complete" + "end"
@@ -13,8 +15,9 @@ A step line nests like the spec's step tree: ``{"observation": {"image":
 "frames/image/000000.jpg"}, "action": [0.1, 0.3], "reward": 0.0, "discount": 1.0,
 "timestamp": {"control": 12.5, "camera": 12.498}, "control_mode": "pilot", "policy_action": [...]}``.
 
-Crash safety follows rldskit's writer exactly: ``metadata.json`` (status ``recording``) is
-written atomically before ``steps/`` exists; frames are written temp-then-rename *before* the
+Crash safety is the layout writer's (:class:`~edge_runtime.capture_layout.EpisodeDirWriter`, the
+one rldskit's logger uses too): ``metadata.json`` (status ``recording``) is written atomically
+before ``steps/`` exists; frames are written temp-then-rename *before* the
 line naming them; each line is one ``write(2)`` on an ``O_APPEND`` descriptor; the final
 metadata replaces the old one atomically. A ``kill -9`` loses at most the step in flight, and
 ``rldskit recover`` / ``read_episode(..., recover=True)`` salvage the rest.
@@ -24,47 +27,40 @@ signature); ``uint8`` arrays ``(H, W)`` or ``(H, W, 1..4)`` are PNG-encoded here
 (no Pillow on the robot), so a JPEG schema then gets PNG frames, which rldskit reports as a
 warning (IMAGE_ENCODING), not an error. Chunks are never compressed here (no zstd on the robot).
 
-Reading (:func:`read_capture_episode`): ``metadata.json`` plus plain ``steps/*.jsonl`` chunks
+Reading (:func:`read_capture_episode`): ``metadata.json`` plus the ``steps/*.jsonl`` chunks
 (a ``.zst`` chunk needs the optional ``zstandard`` package and raises a clear error without
-it), stopping at the first torn or corrupt line. :func:`decode_frame` decodes PNG (8-bit,
-non-interlaced) and ``.npy`` natively; JPEG only when Pillow happens to be importable (an
-optional, lazily imported dependency: the robot image need not have it).
+it; a chunk present in both forms is chosen as rldskit's reader chooses it), stopping at the
+first torn or corrupt line. Frames and the PNG codec are :mod:`edge_runtime.frames` (re-exported
+here): :func:`decode_frame` decodes PNG (8-bit, non-interlaced) and ``.npy`` natively; JPEG only
+when Pillow happens to be importable (an optional, lazily imported dependency: the robot image
+need not have it).
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
-import io
 import json
 import os
 import re
-import struct
 import time
-import uuid
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic_io import atomic_write, fsync_dir, write_all
+from .atomic_io import atomic_write
+from .capture_layout import (FORMAT, METADATA_FILE, SCHEMA_FILE, STEPS_DIR, EpisodeDirWriter, ZstdUnavailable,
+                             check_episode_id, chunk_bytes, finished_metadata, inline_frame_bytes, list_chunks,
+                             new_episode_id, recording_metadata, resolve_frame_path, step_records)
+from .frames import FrameDecodeError, decode_frame, decode_png, encode_png, frame_extension, frame_kind
 
 __all__ = ["EpisodeLog", "CaptureEpisode", "CaptureReadError", "FrameDecodeError", "read_capture_episode",
            "encode_png", "decode_png", "decode_frame", "frame_kind", "FORMAT"]
 
-FORMAT = "rldskit.capture/1"
 _RESERVED_STEP = {"observation", "action", "reward", "discount", "timestamp", "is_first", "is_last", "is_terminal"}
 _RESERVED_META = {"format", "schema", "status", "end", "episode_id"}
-_CHUNK_RE = re.compile(r"^(\d{6,})\.jsonl(\.zst)?$")
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-_NPY_SIG = b"\x93NUMPY"
-
-
-class FrameDecodeError(ValueError):
-    """A frame that cannot be decoded here (unsupported format, or JPEG without Pillow)."""
 
 
 class CaptureReadError(ValueError):
@@ -72,19 +68,6 @@ class CaptureReadError(ValueError):
 
 
 # =========================================================================== small I/O helpers
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (bytes, bytearray, memoryview)):
-        return {"$base64": base64.b64encode(bytes(o)).decode("ascii")}
-    raise TypeError(f"cannot write a {type(o).__name__} into a step line")
-
-
-_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
@@ -107,151 +90,7 @@ def _get_path(tree: Any, path: str) -> Any:
     return node
 
 
-# =========================================================================== PNG / frames
-
-
-def frame_kind(data: bytes) -> str | None:
-    """``"jpeg"``, ``"png"``, ``"npy"`` or ``None`` from the bytes' signature."""
-    if data[:2] == b"\xff\xd8":
-        return "jpeg"
-    if data[:8] == _PNG_SIG:
-        return "png"
-    if data[:6] == _NPY_SIG:
-        return "npy"
-    return None
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
-_CHANNELS = {v: k for k, v in _COLOR_TYPES.items()}
-
-
-def encode_png(frame: np.ndarray, level: int = 1) -> bytes:
-    """``uint8 (H, W)`` or ``(H, W, C)`` with C in 1..4 -> PNG bytes (filter 0, zlib ``level``)."""
-    a = np.asarray(frame)
-    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in _COLOR_TYPES) or 0 in a.shape:
-        raise ValueError(f"encode_png: expected uint8 (H, W) or (H, W, 1..4), got {a.dtype} {list(a.shape)}")
-    if a.ndim == 2:
-        a = a[:, :, None]
-    h, w, c = a.shape
-    raw = np.empty((h, 1 + w * c), np.uint8)
-    raw[:, 0] = 0
-    raw[:, 1:] = a.reshape(h, w * c)
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPES[c], 0, 0, 0)
-    return _PNG_SIG + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + _chunk(b"IEND", b"")
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> ``uint8 (H, W, C)``. 8-bit grey/RGB/grey+alpha/RGBA, not interlaced, any
-    filter. Raises :class:`FrameDecodeError` on anything else or on damage."""
-    if data[:8] != _PNG_SIG:
-        raise FrameDecodeError("not a PNG (bad signature)")
-    pos, idat, hdr = 8, [], None
-    while pos + 8 <= len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + n]
-        if len(body) != n or pos + 12 + n > len(data):
-            raise FrameDecodeError(f"PNG chunk {kind!r} is truncated")
-        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
-        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
-            raise FrameDecodeError(f"PNG chunk {kind!r} fails its CRC")
-        if kind == b"IHDR":
-            hdr = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        pos += 12 + n
-    if hdr is None or not idat:
-        raise FrameDecodeError("PNG without IHDR or IDAT")
-    w, h, depth, ctype, _comp, _filt, interlace = hdr
-    if depth != 8 or ctype not in _CHANNELS or interlace:
-        raise FrameDecodeError(f"PNG with bit depth {depth}, colour type {ctype}, interlace {interlace} is not supported "
-                               "(8-bit grey/RGB/grey+alpha/RGBA, not interlaced)")
-    c = _CHANNELS[ctype]
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise FrameDecodeError(f"PNG image data is damaged: {e}") from None
-    stride = w * c
-    if len(raw) != h * (stride + 1):
-        raise FrameDecodeError(f"PNG image data holds {len(raw)} bytes; expected {h * (stride + 1)}")
-    rows = np.frombuffer(raw, np.uint8).reshape(h, stride + 1)
-    filters = rows[:, 0]
-    px = rows[:, 1:]
-    if not filters.any():
-        return px.reshape(h, w, c).copy()
-    out = np.zeros((h, stride), np.uint8)
-    prev = np.zeros(stride, np.uint8)
-    for y in range(h):
-        f, line = int(filters[y]), px[y]
-        if f == 0:
-            cur = line.copy()
-        elif f == 1:  # Sub: a running sum per channel, mod 256
-            cur = np.cumsum(line.reshape(w, c), axis=0, dtype=np.uint64).astype(np.uint8).reshape(-1)
-        elif f == 2:  # Up
-            cur = line + prev
-        elif f in (3, 4):  # Average / Paeth: sequential along the row
-            cur = line.astype(np.int32)
-            up = prev.astype(np.int32)
-            for x in range(stride):
-                left = int(cur[x - c]) if x >= c else 0
-                if f == 3:
-                    cur[x] = (cur[x] + ((left + int(up[x])) >> 1)) & 0xFF
-                else:
-                    ul = int(up[x - c]) if x >= c else 0
-                    p = left + int(up[x]) - ul
-                    pa, pb, pc = abs(p - left), abs(p - int(up[x])), abs(p - ul)
-                    pred = left if pa <= pb and pa <= pc else int(up[x]) if pb <= pc else ul
-                    cur[x] = (cur[x] + pred) & 0xFF
-            cur = cur.astype(np.uint8)
-        else:
-            raise FrameDecodeError(f"PNG row {y} has unknown filter type {f}")
-        out[y] = cur
-        prev = out[y]
-    return out.reshape(h, w, c)
-
-
-def decode_frame(data: bytes | str | os.PathLike) -> np.ndarray:
-    """Frame bytes (or a file) -> ``uint8 (H, W, C)``. PNG and ``.npy`` natively; JPEG only
-    when Pillow is importable (optional: imported lazily, never required)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        p = Path(data)
-        try:
-            data = p.read_bytes()
-        except OSError as e:
-            raise FrameDecodeError(f"{p}: cannot read frame: {e}") from None
-    data = bytes(data)
-    kind = frame_kind(data)
-    if kind == "png":
-        return decode_png(data)
-    if kind == "npy":
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise FrameDecodeError(f"damaged .npy frame: {e}") from None
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3:
-            raise FrameDecodeError(f".npy frame has shape {list(arr.shape)}; expected (H, W[, C])")
-        return np.asarray(arr, dtype=np.uint8)
-    if kind == "jpeg":
-        try:
-            from PIL import Image  # optional: present on a development machine, not needed on the robot
-        except ImportError:
-            raise FrameDecodeError("this frame is JPEG, and decoding JPEG needs Pillow, which is not installed here "
-                                   "(record PNG frames for replay on the robot, or pip install pillow)") from None
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                arr = np.asarray(img)
-        except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data
-            raise FrameDecodeError(f"cannot decode JPEG: {type(e).__name__}: {e}") from None
-        return arr[:, :, None] if arr.ndim == 2 else arr
-    raise FrameDecodeError(f"unknown frame encoding (starts with {data[:8]!r}); expected PNG, JPEG or .npy")
+# =========================================================================== frames
 
 
 def _frame_bytes(path: str, value: Any, level: int) -> tuple[bytes, str]:
@@ -261,7 +100,7 @@ def _frame_bytes(path: str, value: Any, level: int) -> tuple[bytes, str]:
         kind = frame_kind(b)
         if kind not in ("jpeg", "png"):
             raise ValueError(f"{path}: frame bytes are neither JPEG nor PNG (start with {b[:8]!r})")
-        return b, ".jpg" if kind == "jpeg" else ".png"
+        return b, frame_extension(kind)
     arr = np.asarray(value)
     if arr.dtype != np.uint8:
         raise ValueError(f"{path}: expected JPEG/PNG bytes or a uint8 array, got {arr.dtype} {list(arr.shape)}")
@@ -333,7 +172,7 @@ class EpisodeLog:
             self.version = ver
             if self.timestamp_streams is None and isinstance(spec.get("steps", {}).get("timestamp"), Mapping):
                 self.timestamp_streams = list(spec["steps"]["timestamp"])
-            f = self.root / "schema.json"
+            f = self.root / SCHEMA_FILE
             if f.exists():
                 try:
                     old = json.loads(f.read_text(encoding="utf-8"))
@@ -344,33 +183,34 @@ class EpisodeLog:
                                      f"{old.get('version') if isinstance(old, dict) else '?'}): record different schemas "
                                      "into different folders")
             else:
-                atomic_write(f, json.dumps(spec, indent=1, ensure_ascii=False).encode(), durable=durability != "none")
+                atomic_write(f, json.dumps(spec, indent=1, ensure_ascii=False).encode(), mode=None,
+                             durable=durability != "none")
         self._meta: dict[str, Any] = {}
-        self._path: Path | None = None
-        self._fd: int | None = None
-        self._chunk_first = 0
-        self._frame_dirs: set[str] = set()
+        self._writer: EpisodeDirWriter | None = None
         self.num_steps = 0
 
     # ---- state
     @property
     def recording(self) -> bool:
-        return self._path is not None
+        """Whether an episode is open."""
+        return self._writer is not None
 
     @property
     def episode_path(self) -> Path | None:
-        return self._path
+        """The open episode's folder (``None`` between episodes)."""
+        return self._writer.path if self._writer is not None else None
 
     @property
     def episode_id(self) -> str | None:
-        return self._meta.get("episode_id") if self._path else None
+        """The open episode's id (``None`` between episodes)."""
+        return self._meta.get("episode_id") if self._writer is not None else None
 
     # ---- episode
     def start_episode(self, metadata: Mapping[str, Any] | None = None, *, episode_id: str | None = None) -> str:
         """Create the episode folder with ``metadata.json`` (status ``recording``); returns its
         id (default: UTC time plus a random suffix). ``metadata`` may set ``environment_id``,
         ``xr_mode``, ``control_role``, ``tags``, ``start_time`` and the spec's own fields."""
-        if self._path is not None:
+        if self._writer is not None:
             raise RuntimeError(f"episode {self._meta['episode_id']} is still open: call end_episode first")
         extra = dict(metadata or {})
         bad = set(extra) & _RESERVED_META
@@ -378,41 +218,19 @@ class EpisodeLog:
             raise ValueError(f"episode metadata keys {sorted(bad)} are written by the logger")
         now = float(self.clock())
         if episode_id is None:
-            episode_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "_" + uuid.uuid4().hex[:8]
-        if not episode_id or "/" in episode_id or os.sep in episode_id or episode_id.startswith("."):
-            raise ValueError(f"episode_id {episode_id!r} must be a plain folder name")
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "schema": {"name": self.name, "version": self.version},
-            "status": "recording",
-            "episode_id": episode_id,
-            "environment_id": "",
-            "xr_mode": "",
-            "control_role": "",
-            "tags": [],
-            "start_time": now,
-        }
+            episode_id = new_episode_id(now)
+        check_episode_id(episode_id)
+        meta = recording_metadata(self.name, self.version, episode_id, now)
         meta.update(extra)
         meta["tags"] = [str(t) for t in meta.get("tags") or []]
         for k in ("environment_id", "xr_mode", "control_role"):
             meta[k] = str(meta[k])
-        path = self.root / episode_id
-        path.mkdir(parents=True, exist_ok=False)
-        durable = self.durability != "none"
-        # metadata before steps/: a folder that looks like an episode always has its metadata.json
-        atomic_write(path / "metadata.json", self._meta_bytes(meta), durable=durable)
-        (path / "steps").mkdir()
-        (path / "frames").mkdir()
-        if durable:
-            fsync_dir(self.root)
-        self._meta, self._path = meta, path
-        self.num_steps, self._chunk_first, self._fd = 0, 0, None
-        self._frame_dirs = set()
+        # metadata.json before steps/ (the layout writer's rule)
+        self._writer = EpisodeDirWriter(self.root / episode_id, chunk_steps=self.chunk_steps,
+                                        durability=self.durability, metadata=meta)
+        self._meta = meta
+        self.num_steps = 0
         return episode_id
-
-    @staticmethod
-    def _meta_bytes(meta: Mapping[str, Any]) -> bytes:
-        return json.dumps(meta, default=_json_default, ensure_ascii=False, indent=1).encode()
 
     def log_step(self, observation: Mapping[str, Any], action: Any, reward: float = 0.0, discount: float = 1.0,
                  timestamps: Mapping[str, float] | None = None, extras: Mapping[str, Any] | None = None) -> int:
@@ -422,10 +240,10 @@ class EpisodeLog:
         a ``{name: array}`` tree. ``timestamps``: ``{stream: seconds}`` (declared streams not
         given get ``clock()``). ``extras``: other top-level step features (``control_mode``,
         ``policy_action``, ...)."""
-        path = self._path
-        if path is None:
+        w = self._writer
+        if w is None:
             raise RuntimeError("no episode is open: call start_episode first")
-        i = self.num_steps
+        i = w.num_steps
         obs_tree: dict[str, Any] = {}
         for k, v in (observation or {}).items():
             full = k if k.startswith("observation/") else f"observation/{k}"
@@ -460,72 +278,38 @@ class EpisodeLog:
                     _set_path(line, cam_path, None)
                 continue
             data, ext = _frame_bytes(cam_path, v, self.png_level)
-            _set_path(line, cam_path, self._write_frame(cam, data, ext))
-        data = (_ENCODER.encode(line) + "\n").encode("utf-8")
-        if self._fd is None:
-            self._chunk_first = self.num_steps
-            self._fd = os.open(path / "steps" / f"{self._chunk_first:06d}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                               0o644)
-        write_all(self._fd, data)  # the whole line in one write(2) on an O_APPEND descriptor
-        if self.durability == "step":
-            os.fsync(self._fd)
-        self.num_steps += 1
-        if self.num_steps - self._chunk_first >= self.chunk_steps:
-            self._close_chunk()
+            _set_path(line, cam_path, w.write_frame(cam, data, ext))
+        w.append_step(line)  # one write(2) on an O_APPEND descriptor; rotates chunks
+        self.num_steps = w.num_steps
         return i
-
-    def _write_frame(self, camera: str, data: bytes, ext: str) -> str:
-        assert self._path is not None
-        d = self._path / "frames" / camera
-        if camera not in self._frame_dirs:
-            d.mkdir(exist_ok=True)
-            self._frame_dirs.add(camera)
-        rel = f"frames/{camera}/{self.num_steps:06d}{ext}"
-        atomic_write(self._path / rel, data, durable=self.durability == "step")
-        return rel
-
-    def _close_chunk(self) -> None:
-        if self._fd is None:
-            return
-        if self.durability != "none":
-            os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
 
     def end_episode(self, terminal: bool, *, metadata: Mapping[str, Any] | None = None) -> Path:
         """Finish the episode: ``terminal=True`` when it ended in a terminal state (goal,
         crash), False when cut short. Writes the end record and status ``complete``; returns
         the folder."""
-        path = self._path
-        if path is None:
+        w = self._writer
+        if w is None:
             raise RuntimeError("no episode is open")
         if not isinstance(terminal, bool):
             raise TypeError("terminal must be True or False (termination vs truncation is never guessed)")
-        if self.num_steps == 0:
+        if w.num_steps == 0:
             raise ValueError("an episode needs at least one step")
         extra = dict(metadata or {})
         bad = set(extra) & _RESERVED_META
         if bad:
             raise ValueError(f"episode metadata keys {sorted(bad)} are written by the logger")
-        self._close_chunk()
-        if self.durability != "none":
-            for cam in self._frame_dirs:
-                fsync_dir(path / "frames" / cam)
-            fsync_dir(path / "steps")
-        meta = dict(self._meta, **extra)
-        meta["status"] = "complete"
-        meta["end"] = {"num_steps": self.num_steps, "terminal": terminal, "end_time": float(self.clock())}
-        atomic_write(path / "metadata.json", self._meta_bytes(meta), durable=self.durability != "none")
-        self._path = None
+        meta = finished_metadata(dict(self._meta, **extra), num_steps=w.num_steps, terminal=terminal,
+                                 end_time=self.clock())
+        w.close(meta)  # closes the last chunk, fsyncs the folders, then the final metadata
+        self._writer = None
         self._meta = {}
-        return path
+        return w.path
 
     def close(self) -> None:
         """Release the open episode without ending it (it stays ``recording``, recoverable)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._path = None
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
 
     def __enter__(self) -> EpisodeLog:
         return self
@@ -580,16 +364,16 @@ class CaptureEpisode:
         v = _get_path(self.steps[i], path)
         if v is None:
             return None
-        if isinstance(v, dict) and set(v) == {"$base64"} and isinstance(v["$base64"], str):
-            try:
-                return base64.b64decode(v["$base64"], validate=True)
-            except (binascii.Error, ValueError):
-                raise CaptureReadError(f"{self.path}: step {i} {path}: bad base64 frame") from None
+        try:
+            inline = inline_frame_bytes(v)
+        except (binascii.Error, ValueError):
+            raise CaptureReadError(f"{self.path}: step {i} {path}: bad base64 frame") from None
+        if inline is not None:
+            return inline
         if not isinstance(v, str) or os.path.isabs(v):
             raise CaptureReadError(f"{self.path}: step {i} {path}: expected a frame path, got {v!r:.60}")
-        root = self.path.resolve()
-        f = (self.path / v).resolve()
-        if not f.is_relative_to(root):
+        f = resolve_frame_path(self.path, v)
+        if f is None:
             raise CaptureReadError(f"{self.path}: step {i} {path}: frame path {v!r} leaves the episode folder")
         try:
             return f.read_bytes()
@@ -608,19 +392,12 @@ class CaptureEpisode:
 
 
 def _chunk_text(f: Path) -> bytes:
-    data = f.read_bytes()
-    if f.name.endswith(".zst"):
-        try:
-            import zstandard  # optional: closed chunks are only compressed off the robot
-        except ImportError:
-            raise CaptureReadError(f"{f}: this chunk is zstd-compressed and reading it needs the zstandard package, "
-                                   "which is not installed here (decompress it with `zstd -d`, or pip install zstandard)"
-                                   ) from None
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        data = dobj.decompress(data)
-        if not dobj.eof:
-            raise CaptureReadError(f"{f}: the zstd stream is truncated")
-    return data
+    try:
+        return chunk_bytes(f)
+    except ZstdUnavailable as e:
+        raise CaptureReadError(str(e)) from None
+    except ValueError as e:  # a truncated zstd stream
+        raise CaptureReadError(f"{f}: {e}") from None
 
 
 def read_capture_episode(path: str | os.PathLike) -> CaptureEpisode:
@@ -628,48 +405,28 @@ def read_capture_episode(path: str | os.PathLike) -> CaptureEpisode:
     the first torn/corrupt line or missing chunk (noted in ``problems``). An unfinished
     (``recording``) episode is read as far as it goes."""
     p = Path(path)
+    mf = p / METADATA_FILE
     try:
-        meta = json.loads((p / "metadata.json").read_bytes())
+        meta = json.loads(mf.read_bytes())
     except (OSError, ValueError) as e:
-        raise CaptureReadError(f"{p / 'metadata.json'}: not a readable episode metadata file: {e}") from None
+        raise CaptureReadError(f"{mf}: not a readable episode metadata file: {e}") from None
     if not isinstance(meta, dict):
-        raise CaptureReadError(f"{p / 'metadata.json'}: expected a JSON object")
+        raise CaptureReadError(f"{mf}: expected a JSON object")
     if meta.get("format", FORMAT) != FORMAT:
-        raise CaptureReadError(f"{p / 'metadata.json'}: format {meta.get('format')!r} is not {FORMAT}")
-    chunks: dict[int, Path] = {}
+        raise CaptureReadError(f"{mf}: format {meta.get('format')!r} is not {FORMAT}")
     try:
-        names = sorted(os.listdir(p / "steps"))
+        chunks = list_chunks(p / STEPS_DIR)  # a chunk in both forms: the twin rldskit's reader picks
     except OSError as e:
-        raise CaptureReadError(f"{p / 'steps'}: cannot list: {e}") from None
-    for name in names:
-        m = _CHUNK_RE.match(name)
-        if not m:
-            continue
-        first = int(m.group(1))
-        # both forms present (killed between compress and unlink): the plain one is complete too
-        if first in chunks and not chunks[first].name.endswith(".zst"):
-            continue
-        chunks[first] = p / "steps" / name
+        raise CaptureReadError(f"{p / STEPS_DIR}: cannot list: {e}") from None
     steps: list[dict[str, Any]] = []
     problems: list[str] = []
-    for first, f in sorted(chunks.items()):
+    for first, f in chunks:
         if first != len(steps):
-            problems.append(f"steps/{f.name} starts at step {first}, expected {len(steps)}: stopped there")
+            problems.append(f"{STEPS_DIR}/{f.name} starts at step {first}, expected {len(steps)}: stopped there")
             break
-        lines = _chunk_text(f).split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        bad = False
-        for n, line in enumerate(lines):
-            try:
-                rec = json.loads(line)
-            except (ValueError, UnicodeDecodeError):
-                rec = None
-            if not isinstance(rec, dict):
-                problems.append(f"steps/{f.name} line {n + 1} is torn or not a step: stopped there")
-                bad = True
-                break
-            steps.append(rec)
-        if bad:
+        records, whole = step_records(_chunk_text(f))
+        steps.extend(records)
+        if not whole:
+            problems.append(f"{STEPS_DIR}/{f.name} line {len(records) + 1} is torn or not a step: stopped there")
             break
     return CaptureEpisode(p, meta, steps, problems)

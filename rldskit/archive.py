@@ -99,6 +99,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from edge_runtime.capture_layout import metadata_bytes
 from rldskit._io import TMP_SUFFIX, fsync_dir, write_all
 
 __all__ = ["ArchiveError", "pack", "unpack", "verify", "anonymize_metadata", "register_cli",
@@ -244,8 +245,8 @@ def anonymize_metadata(meta: dict[str, Any], *, mode: str | None = "hash", salt:
 
 
 def _metadata_json_bytes(meta: Any) -> bytes:
-    # the capture writer's own formatting (EpisodeDirWriter.write_metadata)
-    return json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8")
+    # the capture layout's own formatting (what EpisodeDirWriter.write_metadata writes)
+    return metadata_bytes(meta)
 
 
 def _rewrite_file(kind: str, data: bytes, rewrite: Callable[[dict], dict]) -> bytes | None:

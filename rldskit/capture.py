@@ -19,23 +19,27 @@ bytes (written as they are, no re-encode) or as ``(H, W, C)`` uint8 arrays (enco
 Pillow). A killed process loses at most the step being written; ``rldskit recover`` or
 ``read_episode(..., recover=True)`` salvages the rest as a truncated episode.
 
+The folder layout, its crash-safe writer and the metadata records are
+:mod:`edge_runtime.capture_layout`'s, shared with the robot's own logger
+(:class:`edge_runtime.episode_log.EpisodeLog`); this class adds the spec's checks.
+
 The root holds a ``schema.json`` copy of the spec, so the folder describes itself.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_runtime.capture_layout import (SCHEMA_FILE, EpisodeDirWriter, check_episode_id, finished_metadata,
+                                         new_episode_id, recording_metadata)
+from edge_runtime.frames import frame_kind
 from rldskit._io import atomic_write_bytes
-from rldskit.formats.capture_dir import FORMAT, EpisodeDirWriter
 from rldskit.spec import FLAG_KEYS, PRESENT_SUFFIX, EpisodeSpec, Image, Text
 
 __all__ = ["EpisodeLogger"]
@@ -63,7 +67,7 @@ class EpisodeLogger:
         self._writer: EpisodeDirWriter | None = None
         self._meta: dict[str, Any] = {}
         self.root.mkdir(parents=True, exist_ok=True)
-        schema_file = self.root / "schema.json"
+        schema_file = self.root / SCHEMA_FILE
         if schema_file.exists():
             from rldskit.spec import load_spec
 
@@ -79,10 +83,12 @@ class EpisodeLogger:
 
     @property
     def recording(self) -> bool:
+        """Whether an episode is open."""
         return self._writer is not None
 
     @property
     def episode_path(self) -> Path | None:
+        """The open episode's folder (``None`` between episodes)."""
         return self._writer.path if self._writer else None
 
     def start_episode(self, environment_id: str = "", xr_mode: str = "", control_role: str = "",
@@ -94,23 +100,15 @@ class EpisodeLogger:
             raise RuntimeError(f"episode {self._meta['episode_id']} is still open: call end_episode first")
         now = self.clock()
         if episode_id is None:
-            episode_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "_" + uuid.uuid4().hex[:8]
-        if not episode_id or "/" in episode_id or episode_id.startswith(".") or os.sep in episode_id:
-            raise ValueError(f"episode_id {episode_id!r} must be a plain folder name")
+            episode_id = new_episode_id(now)
+        check_episode_id(episode_id)
         extra = dict(metadata or {})
         for k in extra:
             if k not in self.spec.metadata_leaves:
                 raise ValueError(f"episode metadata {k!r} is not declared by {self.spec.id}")
         self._meta = {
-            "format": FORMAT,
-            "schema": {"name": self.spec.name, "version": self.spec.version},
-            "status": "recording",
-            "episode_id": episode_id,
-            "environment_id": str(environment_id),
-            "xr_mode": str(xr_mode),
-            "control_role": str(control_role),
-            "tags": [str(t) for t in tags],
-            "start_time": float(now),
+            **recording_metadata(self.spec.name, self.spec.version, episode_id, now, environment_id=environment_id,
+                                 xr_mode=xr_mode, control_role=control_role, tags=tags),
             **extra,
         }
         self._writer = EpisodeDirWriter(self.root / episode_id, chunk_steps=self.chunk_steps,
@@ -197,9 +195,8 @@ class EpisodeLogger:
                           reward=0.0, discount=0.0 if terminal else 1.0, timestamps=timestamps, extras=extras)
         if w.num_steps == 0:
             raise ValueError("an episode needs at least one step")
-        meta = dict(self._meta, **(metadata or {}))
-        meta["status"] = "complete"
-        meta["end"] = {"num_steps": w.num_steps, "terminal": terminal, "end_time": float(self.clock())}
+        meta = finished_metadata(dict(self._meta, **(metadata or {})), num_steps=w.num_steps, terminal=terminal,
+                                 end_time=self.clock())
         w.close(meta)
         self._writer = None
         return w.path
@@ -270,8 +267,7 @@ class EpisodeLogger:
     def _image_bytes(self, path: str, leaf: Image, v: Any, i: int) -> bytes:
         if isinstance(v, (bytes, bytearray, memoryview)):
             b = bytes(v)
-            magic_ok = b.startswith(b"\xff\xd8") if leaf.encoding == "jpeg" else b.startswith(b"\x89PNG")
-            if not magic_ok:
+            if frame_kind(b) != leaf.encoding:  # the signature check the edge logger makes
                 raise ValueError(f"step {i}: {path} expects {leaf.encoding} bytes; these do not start like one")
             return b
         arr = np.asarray(v)

@@ -18,9 +18,10 @@ decoded only where pixels are needed. Four operations, numpy + Pillow, with simp
   so truncation and corruption are caught at a fraction of a full decode's cost); raises what
   Pillow raises on a broken frame.
 
-``format`` is ``"jpeg"`` or ``"png"`` from the file's signature (an MPO or JFIF/EXIF variant is a
-JPEG), else Pillow's lower-cased format name (``"gif"``, ``"bmp"``, ...: readable, but not an
-encoding a spec may declare), or ``None`` when Pillow has no name for it.
+``format`` is ``"jpeg"`` or ``"png"`` from the file's signature (:func:`sniff`, the edge runtime's
+signature check; an MPO or JFIF/EXIF variant is a JPEG), else Pillow's lower-cased format name
+(``"gif"``, ``"bmp"``, ...: readable, but not an encoding a spec may declare), or ``None`` when
+Pillow has no name for it.
 
 Nothing here imports TensorFlow, Grain or any ML stack; Pillow is imported on first use.
 """
@@ -32,14 +33,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from edge_runtime.frames import JPEG_SIGNATURE, frame_kind
+
 __all__ = ["ENCODINGS", "ImageInfo", "encode", "decode", "probe", "verify", "sniff"]
 
 #: the encodings a spec's :class:`~rldskit.spec.Image` may declare, and :func:`encode` writes
 ENCODINGS = ("jpeg", "png")
 #: Pillow modes by channel count
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-_JPEG_MAGIC = b"\xff\xd8"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_LEVEL = 1  # zlib level of encode(..., "png"): frames are written on robots, speed over size
 
 
@@ -54,12 +55,11 @@ class ImageInfo(NamedTuple):
 
 
 def sniff(data: bytes) -> str | None:
-    """``"jpeg"``, ``"png"`` or ``None`` from the first bytes alone (no Pillow)."""
-    if data[:2] == _JPEG_MAGIC:
-        return "jpeg"
-    if data[:8] == _PNG_MAGIC:
-        return "png"
-    return None
+    """``"jpeg"``, ``"png"`` or ``None`` from the first bytes alone (no Pillow): the edge runtime's
+    signature check (:func:`edge_runtime.frames.frame_kind`, the one the robot's logger names frame
+    files by), restricted to the encodings a spec may declare."""
+    kind = frame_kind(data)
+    return kind if kind in ENCODINGS else None
 
 
 # =========================================================================== encode
@@ -142,7 +142,7 @@ def _decode_jpeg_fast(data: bytes, channels: int, size: tuple[int, int] | None,
     must do it (no simplejpeg, not a JPEG, CMYK, colour to grey, or simplejpeg refuses the data: then
     Pillow decides, and names the error)."""
     sj = _simplejpeg()
-    if not sj or channels not in (1, 3) or data[:2] != _JPEG_MAGIC:
+    if not sj or channels not in (1, 3) or data[:2] != JPEG_SIGNATURE:
         return None
     try:
         h, w, space, _ = sj.decode_jpeg_header(data)

@@ -481,9 +481,9 @@ def _validate_one(args: tuple[str, EpisodeSpec | None, Gates, bool]) -> tuple[Re
         return Report(episodes=1, steps=0, issues=issues), None
     used_spec = spec
     if used_spec is None:
-        from rldskit.formats.capture_dir import _resolve_spec
+        from rldskit.formats.capture_dir import resolve_spec
 
-        used_spec = _resolve_spec(None, Path(path), res.schema_ref, res.path, [])
+        used_spec = resolve_spec(None, Path(path), res.schema_ref, res.path, [])
     if used_spec is None:  # pragma: no cover - scan_episode would have returned no episode
         return Report(episodes=1, steps=0, issues=issues), None
     rep = validate(res.episode, used_spec, gates, label=res.path)

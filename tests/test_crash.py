@@ -549,14 +549,14 @@ def test_compaction_keeps_the_plain_chunk_when_its_zst_does_not_read_back(tmp_pa
     ``.zst.corrupt`` and reported, and the episode reads back whole."""
     import logging
 
-    import rldskit.formats.capture_dir as capture_dir
+    import edge_runtime.capture_layout as capture_layout  # the layout writer rldskit's logger runs on
 
-    real = capture_dir.atomic_write_bytes
+    real = capture_layout.atomic_write
 
     def torn_zst(path, data, **kw):
         return real(path, data[: len(data) // 2] if str(path).endswith(".zst") else data, **kw)
 
-    monkeypatch.setattr(capture_dir, "atomic_write_bytes", torn_zst)
+    monkeypatch.setattr(capture_layout, "atomic_write", torn_zst)
     spec = donkey_spec()
     steps = plan(spec, 17)
     with caplog.at_level(logging.WARNING, logger="rldskit"):

@@ -208,9 +208,9 @@ def episode_id_hint(path: Path) -> str | None:
         elif path.name.endswith(".json"):
             meta = json.loads(path.read_bytes()).get("metadata")
         else:
-            from rldskit.formats.capture_dir import _chunk_bytes
+            from rldskit.formats.capture_dir import chunk_bytes
 
-            first = _chunk_bytes(path).split(b"\n", 1)[0]
+            first = chunk_bytes(path).split(b"\n", 1)[0]
             meta = json.loads(first).get("metadata")
         eid = meta.get("episode_id") if isinstance(meta, dict) else None
         return eid if isinstance(eid, str) and eid else None

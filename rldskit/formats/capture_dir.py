@@ -1,7 +1,12 @@
 """The on-robot capture layout, and single-file JSON episodes: bytes in, columns out.
 
+The layout itself (file names, chunk naming, the step-line and metadata bytes, the append-only
+writer :class:`EpisodeDirWriter`, chunk reading, :func:`compress_chunk` and the recovery rules) is
+:mod:`edge_runtime.capture_layout`, the edge runtime's numpy-only core, re-exported here; this module
+turns what it reads into typed columns and :class:`~rldskit.issues.Issue` records against a spec.
+
 Layout of one episode folder (written by :class:`EpisodeDirWriter`, driven by
-:class:`rldskit.capture.EpisodeLogger`)::
+:class:`rldskit.capture.EpisodeLogger` here and :class:`edge_runtime.episode_log.EpisodeLog` on a robot)::
 
     <episode>/metadata.json            episode metadata; "status": "recording" until ended,
                                        then "complete" with an "end" record (num_steps, terminal)
@@ -40,36 +45,29 @@ plus :class:`~rldskit.issues.Issue` records, and :func:`read_episode` turns erro
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import json
 import os
-import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rldskit._io import TMP_SUFFIX, atomic_write_bytes, fsync_dir, write_all
+from edge_runtime.capture_layout import (CORRUPT_SUFFIX, FORMAT, FRAMES_DIR, METADATA_FILE, SCHEMA_FILE, STEPS_DIR,
+                                         EpisodeDirWriter, chunk_bytes, chunk_name, compress_chunk, inline_frame_bytes,
+                                         list_chunks, recover_episode_dir, resolve_frame_path, step_to_json_line)
 from rldskit.episode import Episode, LazyFrames, rlds_flags
 from rldskit.issues import ERROR, Issue, issue
 from rldskit.spec import FLAG_KEYS, PRESENT_SUFFIX, EpisodeSpec, Image, Text
 
-FORMAT = "rldskit.capture/1"
-METADATA_FILE = "metadata.json"
-STEPS_DIR = "steps"
-FRAMES_DIR = "frames"
-_CHUNK_RE = re.compile(r"^(\d{6,})\.jsonl(\.zst)?$")
-#: a step file found bad beside a good copy of the same chunk is renamed ``<name>.corrupt``, never deleted
-CORRUPT_SUFFIX = ".corrupt"
 MAX_ISSUES_PER_FIELD = 5
 
 __all__ = [
     "EpisodeDirWriter", "EpisodeError", "ScanResult", "scan_episode", "read_episode", "recover_episode",
-    "find_episodes", "is_episode_path", "decode_steps", "step_to_json_line", "FORMAT",
+    "find_episodes", "is_episode_path", "decode_steps", "step_to_json_line", "resolve_spec", "chunk_bytes",
+    "compress_chunk", "chunk_name", "FORMAT", "METADATA_FILE", "STEPS_DIR", "FRAMES_DIR", "CORRUPT_SUFFIX",
 ]
 
 
@@ -104,185 +102,6 @@ def _locate(i: Issue, sources: Sequence[tuple[int, int, str, int | None]]) -> st
     if found and found.split(" ")[0] in i.message:
         return ""  # the message already names the file and line
     return found
-
-
-# =========================================================================== writing
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (bytes, bytearray)):
-        return {"$base64": base64.b64encode(o).decode("ascii")}
-    raise TypeError(f"cannot write a {type(o).__name__} into a step line")
-
-
-_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
-
-
-def step_to_json_line(step: Mapping[str, Any]) -> bytes:
-    """One nested step dict as a UTF-8 JSON line ending in ``\\n`` (numpy values converted)."""
-    return (_ENCODER.encode(step) + "\n").encode("utf-8")
-
-
-def chunk_name(first_step: int, compressed: bool = False) -> str:
-    return f"{first_step:06d}.jsonl" + (".zst" if compressed else "")
-
-
-class EpisodeDirWriter:
-    """Append-only writer of one episode folder. Low level: no schema policy here.
-
-    ``durability``: ``"step"`` fsyncs every frame and line (power-cut safe per step, slow on
-    SD cards); ``"chunk"`` (default) fsyncs when a chunk closes and at the end; ``"none"``
-    never fsyncs (still ``kill -9`` safe: every write reaches the kernel before returning).
-    """
-
-    def __init__(self, path: str | Path, *, chunk_steps: int = 1000, compress: bool = False,
-                 durability: str = "chunk", metadata: Mapping[str, Any] | None = None):
-        if durability not in ("step", "chunk", "none"):
-            raise ValueError(f"durability must be 'step', 'chunk' or 'none', got {durability!r}")
-        if chunk_steps < 1:
-            raise ValueError("chunk_steps must be >= 1")
-        self.path = Path(path)
-        self.chunk_steps = chunk_steps
-        self.compress = compress
-        self.durability = durability
-        self.num_steps = 0
-        self._fd: int | None = None
-        self._chunk_first = 0
-        self._frame_dirs: set[str] = set()
-        self.path.mkdir(parents=True, exist_ok=False)
-        if metadata is not None:
-            # before steps/: a folder that looks like an episode always has its metadata.json
-            # (a kill in between leaves an empty folder, which is not an episode)
-            self.write_metadata(metadata)
-        (self.path / STEPS_DIR).mkdir()
-        (self.path / FRAMES_DIR).mkdir()
-        if durability != "none":
-            fsync_dir(self.path.parent)
-
-    def write_metadata(self, metadata: Mapping[str, Any]) -> None:
-        data = json.dumps(metadata, default=_json_default, ensure_ascii=False, indent=1).encode()
-        atomic_write_bytes(self.path / METADATA_FILE, data, durable=self.durability != "none")
-
-    def write_frame(self, camera: str, data: bytes, extension: str) -> str:
-        """Write frame ``data`` for the *next* step; returns its path relative to the folder."""
-        d = self.path / FRAMES_DIR / camera
-        if camera not in self._frame_dirs:
-            d.mkdir(exist_ok=True)
-            self._frame_dirs.add(camera)
-        rel = f"{FRAMES_DIR}/{camera}/{self.num_steps:06d}{extension}"
-        atomic_write_bytes(self.path / rel, data, durable=self.durability == "step")
-        return rel
-
-    def append_step(self, step: Mapping[str, Any]) -> None:
-        """Append one step line (a single write). Rotates chunks every ``chunk_steps``."""
-        line = step_to_json_line(step)
-        if self._fd is None:
-            self._chunk_first = self.num_steps
-            self._fd = os.open(self.path / STEPS_DIR / chunk_name(self._chunk_first),
-                               os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        write_all(self._fd, line)
-        if self.durability == "step":
-            os.fsync(self._fd)
-        self.num_steps += 1
-        if self.num_steps - self._chunk_first >= self.chunk_steps:
-            self._close_chunk()
-
-    def _close_chunk(self) -> None:
-        if self._fd is None:
-            return
-        if self.durability != "none":
-            os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
-        if self.compress:
-            compress_chunk(self.path / STEPS_DIR / chunk_name(self._chunk_first), durable=self.durability != "none")
-
-    def close(self, metadata: Mapping[str, Any]) -> None:
-        """Close the last chunk and write the final metadata (with its end record)."""
-        self._close_chunk()
-        if self.durability != "none":
-            for cam in self._frame_dirs:
-                fsync_dir(self.path / FRAMES_DIR / cam)
-            fsync_dir(self.path / STEPS_DIR)
-        self.write_metadata(metadata)
-
-    def abort(self) -> None:
-        """Close the descriptor without finishing (the folder stays 'recording')."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def compress_chunk(plain: Path, *, durable: bool = True) -> Path:
-    """zstd-compress a closed ``.jsonl`` chunk to ``.jsonl.zst`` atomically, then remove the plain
-    one, but only once the ``.zst`` has been read back from disk and decodes to exactly the same
-    bytes: the plain chunk is never removed before its copy is known good. A crash in between
-    leaves both (readers and :func:`recover_episode` then check the ``.zst`` against its twin).
-    When the read-back fails, the plain chunk stays, the bad ``.zst`` is set aside as
-    ``.jsonl.zst.corrupt`` and a warning is logged (``rldskit.capture``); returns the path that
-    now holds the chunk's steps."""
-    import zstandard
-
-    data = plain.read_bytes()
-    target = plain.with_name(plain.name + ".zst")
-    packed = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
-    atomic_write_bytes(target, packed, durable=durable)
-    try:
-        problem = None if _chunk_bytes(target) == data else "it decodes to other bytes than the chunk"
-    except Exception as e:  # noqa: BLE001 - any I/O or zstd failure means: keep the plain chunk
-        problem = f"{type(e).__name__}: {e}"
-    if problem is not None:
-        aside = _set_aside_corrupt(target)
-        import logging
-
-        logging.getLogger("rldskit.capture").warning(
-            "%s: the compressed copy did not read back (%s); kept the plain chunk, set the copy aside as %s",
-            target, problem, aside.name)
-        return plain
-    plain.unlink()
-    return target
-
-
-def _set_aside_corrupt(f: Path) -> Path:
-    """Rename a bad step file to ``<name>.corrupt`` (``.corrupt.1``, ... if taken): never deleted."""
-    aside = f.with_name(f.name + CORRUPT_SUFFIX)
-    n = 0
-    while aside.exists():
-        n += 1
-        aside = f.with_name(f"{f.name}{CORRUPT_SUFFIX}.{n}")
-    f.rename(aside)
-    return aside
-
-
-def _pick_twin(zst: Path, plain: Path) -> tuple[Path, Path, str | None]:
-    """A chunk present both compressed and plain (a crash between compressing it and removing the
-    plain copy): ``(keep, other, problem)``. The ``.zst`` is kept, and the plain copy is a verified
-    duplicate (``problem`` is ``None``), only when it decodes completely to the plain copy's bytes.
-    Otherwise the copy with more complete steps is kept (the plain one on a tie: the ``.zst`` is made
-    from it) and ``problem`` says what is wrong with the other."""
-    try:
-        zdata: bytes | None = _chunk_bytes(zst)
-        zproblem = None
-    except Exception as e:  # noqa: BLE001 - any I/O or zstd failure
-        zdata, zproblem = None, f"unreadable ({type(e).__name__}: {e})"
-    try:
-        pdata: bytes | None = plain.read_bytes()
-    except OSError as e:
-        pdata = None
-        if zdata is not None:
-            return zst, plain, f"unreadable ({type(e).__name__}: {e})"
-    if zdata is not None and zdata == pdata:
-        return zst, plain, None
-    if zdata is None:
-        return plain, zst, zproblem
-    nz, np_ = _complete_prefix(zdata)[0], _complete_prefix(pdata or b"")[0]
-    if nz > np_:
-        return zst, plain, f"{np_} complete steps where its compressed copy has {nz}"
-    return plain, zst, f"decodes to other steps than its plain copy ({nz} complete, the plain one {np_})"
 
 
 # =========================================================================== reading
@@ -351,23 +170,9 @@ def find_episodes(paths: Iterable[str | Path]) -> tuple[list[Path], list[Issue]]
     return uniq, problems
 
 
-def _chunk_bytes(path: Path) -> bytes:
-    """The bytes of a step file (``.zst`` decompressed). Raises on I/O errors and on a
-    corrupt or incomplete zstd stream (a truncated frame is an error, not fewer lines)."""
-    data = path.read_bytes()
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        data = dobj.decompress(data)
-        if not dobj.eof:
-            raise ValueError("the zstd stream ends before its frame does (a truncated file)")
-    return data
-
-
 def _read_text_lines(path: Path, label: str, issues: list[Issue]) -> list[str] | list[bytes] | None:
     try:
-        data = _chunk_bytes(path)
+        data = chunk_bytes(path)
     except Exception as e:  # noqa: BLE001 - any I/O or zstd failure is reported, not raised
         issues.append(issue("READ_ERROR", label, f"cannot read {path.name}: {type(e).__name__}: {e}"))
         return None
@@ -484,15 +289,21 @@ def read_episode(path: str | Path, spec: EpisodeSpec | None = None, *, recover: 
     return res.episode  # type: ignore[return-value]
 
 
-def _resolve_spec(spec: EpisodeSpec | None, p: Path, schema_ref: Any, label: str, issues: list[Issue]) -> EpisodeSpec | None:
+def resolve_spec(spec: EpisodeSpec | None, p: Path, schema_ref: Any, label: str,
+                 issues: list[Issue]) -> EpisodeSpec | None:
+    """The spec an episode at ``p`` is read with: ``spec`` when given; else the ``schema.json`` in
+    its folder's parent or up to two levels above (what a logger writes at the capture root); else
+    the schema its metadata names (``schema_ref``: ``{"name", "version"}``, loaded as
+    ``name.v<major>``). ``None`` when there is none, with the reason appended to ``issues``
+    (METADATA_INVALID or SCHEMA_MISMATCH, labelled ``label``)."""
     from rldskit.spec import SpecError, load_spec
 
     if spec is not None:
         return spec
     for parent in [p.parent, *p.parent.parents][:3]:
-        if (parent / "schema.json").is_file():
+        if (parent / SCHEMA_FILE).is_file():
             try:
-                return _load_spec_cached(parent / "schema.json")
+                return _load_spec_cached(parent / SCHEMA_FILE)
             except SpecError as e:
                 issues.append(issue("METADATA_INVALID", label, f"schema.json beside the episode is invalid: {e}"))
                 return None
@@ -538,22 +349,12 @@ def _load_metadata(p: Path, label: str, issues: list[Issue]) -> dict[str, Any] |
 
 
 def _list_chunks(steps_dir: Path, label: str, issues: list[Issue]) -> list[tuple[int, Path]]:
-    chunks: dict[int, Path] = {}
+    """:func:`edge_runtime.capture_layout.list_chunks`, with a folder that cannot be listed reported."""
     try:
-        names = sorted(os.listdir(steps_dir))
+        return list_chunks(steps_dir)
     except OSError as e:
         issues.append(issue("READ_ERROR", label, f"cannot list {STEPS_DIR}/: {e}"))
         return []
-    for name in names:
-        m = _CHUNK_RE.match(name)
-        if not m:
-            continue
-        first = int(m.group(1))
-        if first in chunks:  # crash between compress and unlink: both forms (the .zst sorts second)
-            chunks[first] = _pick_twin(steps_dir / name, chunks[first])[0]
-            continue
-        chunks[first] = steps_dir / name
-    return sorted(chunks.items())
 
 
 def _scan_dir(p: Path, spec: EpisodeSpec | None, recover: bool, load_frames: bool, label: str) -> ScanResult:
@@ -562,7 +363,7 @@ def _scan_dir(p: Path, spec: EpisodeSpec | None, recover: bool, load_frames: boo
     if meta is None:
         return ScanResult(label, None, issues, "unknown")
     status = meta.get("status", "complete")
-    spec = _resolve_spec(spec, p, meta.get("schema"), label, issues)
+    spec = resolve_spec(spec, p, meta.get("schema"), label, issues)
     if spec is None:
         return ScanResult(label, None, issues, status, meta.get("schema"))
     records: list[Any] = []
@@ -666,7 +467,7 @@ def _scan_file(p: Path, spec: EpisodeSpec | None, label: str) -> ScanResult:
     if not isinstance(meta, dict):
         issues.append(issue("METADATA_INVALID", label, f"metadata must be a JSON object, got {type(meta).__name__}"))
         meta = {}
-    spec = _resolve_spec(spec, p, meta.get("schema"), label, issues)
+    spec = resolve_spec(spec, p, meta.get("schema"), label, issues)
     if spec is None:
         return ScanResult(label, None, issues, "file", meta.get("schema"))
     terminal: bool | None = None
@@ -946,21 +747,24 @@ def _decode_images(values: list[Any], leaf: Image, camera: str, base_dir: Path, 
                     continue
                 # a symbolic link: resolved and checked below
             try:
-                full = (base_dir / v).resolve()
-                inside = full.is_relative_to(root) and not os.path.isabs(v)
+                full = resolve_frame_path(base_dir, v, resolved_root=root)
             except (OSError, ValueError):
-                inside = False
-            if not inside:
+                full = None
+            if full is None:
                 bad_path.append(i)
             elif full.is_file():
                 paths[i] = full
             else:
                 missing.append(i)
-        elif isinstance(v, dict) and set(v) == {"$base64"} and isinstance(v["$base64"], str):
+        elif isinstance(v, dict) and set(v) == {"$base64"}:
             try:
-                inline[i] = base64.b64decode(v["$base64"], validate=True)
+                data = inline_frame_bytes(v)
             except (binascii.Error, ValueError):
+                data = None
+            if data is None:
                 bad_path.append(i)
+            else:
+                inline[i] = data
         else:
             bad_path.append(i)
     for i in missing[:MAX_ISSUES_PER_FIELD]:
@@ -1067,103 +871,14 @@ def recover_episode(path: str | Path) -> dict[str, Any]:
     the ``.zst`` decodes completely to the same bytes; otherwise the bad copy is renamed
     ``*.corrupt`` and listed in ``corrupt``. The metadata is then marked ``recovered``
     (truncated, not terminal, tagged ``recovered``). Idempotent; returns
-    ``{"path", "status", "num_steps", "dropped_bytes", "removed", "corrupt"}``."""
+    ``{"path", "status", "num_steps", "dropped_bytes", "removed", "corrupt"}``.
+
+    The rules are :func:`edge_runtime.capture_layout.recover_episode_dir`'s (the robot's copy);
+    this adds reading the metadata: without a readable ``metadata.json``, :class:`EpisodeError`."""
     p = Path(path)
     label = str(p)
     meta_issues: list[Issue] = []
     meta = _load_metadata(p, label, meta_issues)
     if meta is None:
         raise EpisodeError(label, meta_issues)
-    if meta.get("status") != "recording":
-        end = meta.get("end") if isinstance(meta.get("end"), dict) else {}
-        return {"path": label, "status": meta.get("status", "complete"), "num_steps": end.get("num_steps"),
-                "dropped_bytes": 0, "removed": [], "corrupt": []}
-    removed: list[str] = []
-    for root, _dirs, files in os.walk(p):
-        for f in files:
-            if f.endswith(TMP_SUFFIX):  # an atomic write that never reached its rename
-                os.unlink(Path(root) / f)
-                removed.append(str((Path(root) / f).relative_to(p)))
-    steps_dir = p / STEPS_DIR
-    corrupt: list[str] = []
-    chunks = _list_chunks(steps_dir, label, meta_issues)
-    for first, f in chunks:  # killed between compress and unlink: both forms of one chunk
-        zst, plain = steps_dir / chunk_name(first, True), steps_dir / chunk_name(first)
-        if not (zst.exists() and plain.exists()):
-            continue
-        keep, other, problem = _pick_twin(zst, plain)
-        if problem is None:  # the .zst decodes to exactly the plain bytes: the plain one is a duplicate
-            plain.unlink()
-            removed.append(f"{STEPS_DIR}/{plain.name} (plain twin of {zst.name}, verified identical)")
-        else:  # never delete the only good copy: the bad one is set aside, byte for byte
-            aside = _set_aside_corrupt(other)
-            corrupt.append(f"{STEPS_DIR}/{other.name}")
-            removed.append(f"{STEPS_DIR}/{other.name} ({problem}; kept {keep.name}, set aside as {aside.name})")
-
-    def set_aside(f: Path, why: str) -> None:
-        f.rename(f.with_name(f.name + ".orphan"))
-        removed.append(f"{STEPS_DIR}/{f.name} ({why}, kept as {f.name}.orphan)")
-
-    count = dropped = 0
-    intact = True  # no step lost so far: later chunks still continue the episode
-    for first, f in chunks:
-        if not intact or first != count:
-            intact = False
-            set_aside(f, f"after step {count}, the last complete one")
-            continue
-        try:
-            data = _chunk_bytes(f)
-        except Exception:  # noqa: BLE001 - unreadable: everything from here on is set aside
-            intact = False
-            set_aside(f, "unreadable")
-            continue
-        good, keep = _complete_prefix(data)
-        count += good
-        if keep == data:
-            continue
-        if keep != data + b"\n":  # (only a missing final newline: the line is whole, nothing lost)
-            intact = False
-            dropped += len(data) - len(keep)
-            if b"\n" in data[len(keep):]:  # whole lines are lost, not only a torn tail: keep the original
-                atomic_write_bytes(f.with_name(f.name + ".orphan"), f.read_bytes())
-                removed.append(f"{STEPS_DIR}/{f.name} (lines after step {count - 1} kept as {f.name}.orphan)")
-            if not keep:
-                os.unlink(f)
-                removed.append(f"{STEPS_DIR}/{f.name} (no complete step)")
-                continue
-        if f.name.endswith(".zst"):
-            import zstandard
-
-            keep = zstandard.ZstdCompressor(level=3).compress(keep)
-        atomic_write_bytes(f, keep)
-    fsync_dir(steps_dir)
-    end = {"num_steps": count, "terminal": False, "truncated": True, "recovered_at": time.time()}
-    meta = dict(meta, status="recovered", end=end)
-    tags = meta.get("tags") if isinstance(meta.get("tags"), list) else []
-    if "recovered" not in tags:
-        meta["tags"] = [*tags, "recovered"]
-    atomic_write_bytes(p / METADATA_FILE, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-    return {"path": label, "status": "recovered", "num_steps": count, "dropped_bytes": dropped, "removed": removed,
-            "corrupt": corrupt}
-
-
-def _complete_prefix(data: bytes) -> tuple[int, bytes]:
-    """``(n, prefix)``: the first ``n`` lines of a step file that :func:`_parse_lines` accepts
-    as step records, as bytes (an unterminated last line that parses gets its newline)."""
-    n = pos = 0
-    lines = data.split(b"\n")
-    for k, line in enumerate(lines):
-        last = k == len(lines) - 1
-        if last and not line:
-            break
-        try:
-            ok = isinstance(json.loads(line), dict)
-        except (ValueError, UnicodeDecodeError):
-            ok = False
-        if not ok:
-            break
-        n += 1
-        if last:
-            return n, data + b"\n"
-        pos += len(line) + 1
-    return n, data[:pos]
+    return recover_episode_dir(p, meta)

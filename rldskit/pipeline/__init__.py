@@ -95,7 +95,7 @@ def convert(sources: Sequence[str | Path], out: str | Path, *, name: str, versio
 
 
 def _capture_spec(items) -> EpisodeSpec:
-    from rldskit.formats.capture_dir import _resolve_spec
+    from rldskit.formats.capture_dir import resolve_spec
 
     problems: list = []
     first = Path(items[0].path)
@@ -105,7 +105,7 @@ def _capture_spec(items) -> EpisodeSpec:
             meta_ref = json.loads((first / "metadata.json").read_bytes()).get("schema")
         except (OSError, ValueError):
             meta_ref = None
-    spec = _resolve_spec(None, first, meta_ref, str(first), problems)
+    spec = resolve_spec(None, first, meta_ref, str(first), problems)
     if spec is None:
         raise ConversionError(f"no schema for the inputs: pass --schema ({'; '.join(i.message for i in problems)})")
     return spec
