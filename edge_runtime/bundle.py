@@ -43,11 +43,9 @@ import os
 import re
 import shutil
 import stat
-import struct
 import tempfile
 import time
 import zipfile
-import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .atomic_io import atomic_write, fsync_dir, write_new_file
 from .policy import Policy, PolicyError
+from .safe_extract import (ZIP_READ_ERRORS, ExpansionBudget, create_member_file, exceeds_ratio, name_problem,
+                           path_clashes, zip_entry_kind, zip_entry_mode, zip_entry_problem)
 
 __all__ = ["BundleError", "VerifiedBundle", "build_bundle", "pack_zip", "extract_zip", "sign_bundle",
            "verify_bundle", "generate_keypair", "load_private_key", "load_public_key", "key_id", "trusted_key_set",
@@ -87,9 +87,13 @@ _CHUNK = 1 << 20
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _EVIDENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-# what a corrupt zip can make zipfile raise
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
-               NotImplementedError, RuntimeError, KeyError, IndexError, OverflowError, UnicodeDecodeError)
+# what a corrupt zip can make zipfile raise (the guards' own list)
+_ZIP_ERRORS = ZIP_READ_ERRORS
+# how a bundle refusal words each name problem of edge_runtime.safe_extract.name_problem
+_NAME_WORDS = {"empty": "an empty name or a NUL character", "nul": "an empty name or a NUL character",
+               "not_utf8": "a name that is not valid UTF-8", "control": "a control character",
+               "backslash": "a backslash", "absolute": "an absolute path", "drive": "a drive letter",
+               "traversal": "a '..' component", "noncanonical": "an empty or '.' component"}
 
 
 class BundleError(ValueError):
@@ -377,23 +381,11 @@ def pack_zip(bundle_dir: str | os.PathLike, zip_path: str | os.PathLike) -> Path
 
 
 def _safe_name(name: str, where: str) -> None:
-    bad = None
-    if not name or "\x00" in name:
-        bad = "an empty name or a NUL character"
-    elif "\\" in name:
-        bad = "a backslash"
-    elif name.startswith("/"):
-        bad = "an absolute path"
-    elif re.match(r"^[A-Za-z]:", name):
-        bad = "a drive letter"
-    else:
-        parts = name[:-1].split("/") if name.endswith("/") else name.split("/")
-        if any(p == ".." for p in parts):
-            bad = "a '..' component"
-        elif any(p in ("", ".") for p in parts):
-            bad = "an empty or '.' component"
-    if bad:
-        raise BundleError(f"{where}: entry {name!r} has {bad}; refusing to extract")
+    """Refuse a name :func:`edge_runtime.safe_extract.name_problem` refuses (a trailing ``/``, a
+    directory entry, is allowed)."""
+    code = name_problem(name, directory=True)
+    if code:
+        raise BundleError(f"{where}: entry {name!r} has {_NAME_WORDS[code]}; refusing to extract")
 
 
 def _check_entries(zf: zipfile.ZipFile, where: str, *, max_entries: int, max_bytes: int,
@@ -411,19 +403,21 @@ def _check_entries(zf: zipfile.ZipFile, where: str, *, max_entries: int, max_byt
         if name in seen:
             raise BundleError(f"{where}: duplicate entry {name!r}")
         seen.add(name)
-        mode = (info.external_attr >> 16) & 0o170000
-        if mode == stat.S_IFLNK:
+        kind = zip_entry_kind(info)
+        if kind == "symlink":
             raise BundleError(f"{where}: entry {name!r} is a symlink; bundles hold regular files only")
-        if mode not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise BundleError(f"{where}: entry {name!r} is a special file (mode {oct(mode)}); refusing it")
-        if info.flag_bits & 0x1:
+        if kind not in ("file", "dir"):
+            raise BundleError(f"{where}: entry {name!r} is a special file (mode {oct(zip_entry_mode(info))}); "
+                              "refusing it")
+        problem = zip_entry_problem(info)
+        if problem == "encrypted":
             raise BundleError(f"{where}: entry {name!r} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        if problem == "compression":
             raise BundleError(f"{where}: entry {name!r} uses compression method {info.compress_type}; "
                               "only stored and deflate are accepted")
-        if info.file_size < 0 or info.compress_size < 0:
+        if problem == "negative_size":
             raise BundleError(f"{where}: entry {name!r} declares a negative size")
-        if name.endswith("/") or mode == stat.S_IFDIR:
+        if kind == "dir":
             if info.file_size:
                 raise BundleError(f"{where}: directory entry {name!r} has data")
             dirs.add(name.rstrip("/"))
@@ -431,18 +425,14 @@ def _check_entries(zf: zipfile.ZipFile, where: str, *, max_entries: int, max_byt
         total += info.file_size
         if total > max_bytes:
             raise BundleError(f"{where}: entries expand to more than {max_bytes} bytes; refusing (zip bomb?)")
-        if info.file_size >= _RATIO_FLOOR and info.file_size > max_ratio * max(info.compress_size, 1):
+        if exceeds_ratio(info.file_size, info.compress_size, max_ratio, _RATIO_FLOOR):
             raise BundleError(f"{where}: entry {name!r} expands {info.file_size} bytes from {info.compress_size} "
                               f"(ratio above {max_ratio}); refusing (zip bomb?)")
         files.add(name)
-    for name in files:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in files:
-                raise BundleError(f"{where}: entry {name!r} lies under {'/'.join(parts[:i])!r}, which is a file")
-    for d in dirs:
-        if d in files:
-            raise BundleError(f"{where}: {d!r} is both a file and a directory")
+    for file, other in path_clashes(files, dirs)[:1]:
+        if other == file:
+            raise BundleError(f"{where}: {other!r} is both a file and a directory")
+        raise BundleError(f"{where}: entry {other!r} lies under {file!r}, which is a file")
     return infos
 
 
@@ -450,13 +440,15 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, *, max
                 max_bytes: int = MAX_ZIP_BYTES, max_ratio: float = MAX_ZIP_RATIO) -> Path:
     """Extract a zip safely into ``dest_dir`` (which must not exist, or be an empty folder).
 
-    Refused before anything is written: absolute names, drive letters, backslashes, ``..`` or
-    empty components, symlinks and device/FIFO/socket entries, duplicate names, a file that is
-    also a directory, encrypted entries, compression other than stored/deflate, more than
-    ``max_entries`` entries, more than ``max_bytes`` uncompressed bytes in total, an entry of
-    64 KiB or more expanding more than ``max_ratio`` times. A truncated or corrupt zip (bad
-    headers, CRC, deflate stream) is a :class:`BundleError`. Extraction goes to a temporary
-    sibling folder (files fsynced) renamed to ``dest_dir`` on success; on failure nothing is left."""
+    Refused before anything is written, by the rules of :mod:`edge_runtime.safe_extract` (the ones
+    ``rldskit unpack`` applies too): absolute names, drive letters, backslashes, control
+    characters, ``..`` or empty components, symlinks and device/FIFO/socket entries, duplicate
+    names, a file that is also a directory (or lies under a file), encrypted entries, compression
+    other than stored/deflate, more than ``max_entries`` entries, more than ``max_bytes``
+    uncompressed bytes in total, an entry of 64 KiB or more expanding more than ``max_ratio`` times.
+    A truncated or corrupt zip (bad headers, CRC, deflate stream) is a :class:`BundleError`.
+    Extraction goes to a temporary sibling folder (files fsynced) renamed to ``dest_dir`` on
+    success; on failure nothing is left."""
     src, dest = Path(zip_path), Path(dest_dir)
     where = str(src)
     if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
@@ -467,14 +459,14 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, *, max
         try:
             with zipfile.ZipFile(src) as zf:
                 infos = _check_entries(zf, where, max_entries=max_entries, max_bytes=max_bytes, max_ratio=max_ratio)
-                written = 0
+                written = ExpansionBudget(max_bytes)
                 for info in infos:
                     target = tmp.joinpath(*info.filename.rstrip("/").split("/"))
-                    if info.filename.endswith("/") or (info.external_attr >> 16) & 0o170000 == stat.S_IFDIR:
+                    if zip_entry_kind(info) == "dir":
                         target.mkdir(parents=True, exist_ok=True)
                         continue
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                    fd = create_member_file(target, 0o644)
                     with os.fdopen(fd, "wb") as out, zf.open(info) as f:
                         n = 0
                         while True:
@@ -482,8 +474,8 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, *, max
                             if not b:
                                 break
                             n += len(b)
-                            written += len(b)
-                            if n > info.file_size or written > max_bytes:
+                            over = written.add(len(b))
+                            if n > info.file_size or over:
                                 raise BundleError(f"{where}: entry {info.filename!r} expands beyond its declared "
                                                   f"{info.file_size} bytes")
                             out.write(b)

@@ -56,14 +56,16 @@ be parsed stops an anonymised pack rather than being archived as it is. ``origin
 ``"origin:pi5"``) is appended to each episode's top-level ``tags`` (with or without
 anonymisation).
 
-**Unpacking** trusts nothing: the manifest is read first and checked (safe unique names, no
-name that is both a file and a folder, at most ``max_members`` entries, declared bytes within
-``max_bytes``), then every member is checked as it streams by: its name (no ``..``, absolute
-path, drive letter, backslash, empty or ``.`` component, control character), its type (regular
-files only: *all* symlinks and hard links are refused, wherever they point, as are devices,
-FIFOs, directories and sparse files), that it is listed in the manifest, not seen before, and of
-the listed size, while the decompressed bytes are counted (more than ``max_bytes``, or more
-than ``max_ratio`` times the archive's size once past 1 MiB, stops the read: a bomb). Its
+**Unpacking** trusts nothing (the name, type, layout and bomb rules are those of
+:mod:`edge_runtime.safe_extract`, which the robot applies to a bundle zip too): the manifest is
+read first and checked (safe unique names, no name that is both a file and a folder, at most
+``max_members`` entries, declared bytes within ``max_bytes``), then every member is checked as it
+streams by: its name (no ``..``, absolute path, drive letter, backslash, empty or ``.`` component,
+control character), its type (regular files only: *all* symlinks and hard links are refused,
+wherever they point and whichever system a zip says made it, as are devices, FIFOs, directories
+and sparse files), that it is listed in the manifest, not seen before, and of the listed size,
+while the decompressed bytes are counted (more than ``max_bytes``, or more than ``max_ratio``
+times the archive's size from 1 MiB on, stops the read: a bomb). Its
 sha256 is checked as it is written into a fresh hidden folder next to ``out``; when every
 listed member has arrived and matched, that folder is renamed to ``out``. On any failure the
 folder is removed: ``out`` is not created, and nothing else is written outside it. The zstd
@@ -86,12 +88,10 @@ import re
 import secrets
 import shutil
 import stat
-import struct
 import sys
 import tarfile
 import time
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +100,8 @@ from typing import Any, BinaryIO
 import zstandard
 
 from edge_runtime.capture_layout import metadata_bytes
+from edge_runtime.safe_extract import (ZIP_READ_ERRORS, ExpansionBudget, create_member_file, exceeds_ratio,
+                                       name_problem, path_clashes, tar_entry_kind, zip_entry_kind, zip_entry_problem)
 from rldskit._io import TMP_SUFFIX, fsync_dir, write_all
 
 __all__ = ["ArchiveError", "pack", "unpack", "verify", "anonymize_metadata", "register_cli",
@@ -111,7 +113,7 @@ GiB = 1 << 30
 DEFAULT_MAX_BYTES = 20 * GiB
 DEFAULT_MAX_RATIO = 200.0
 DEFAULT_MAX_MEMBERS = 1_000_000
-#: the ratio limit applies once more than this many bytes have been decompressed
+#: the ratio limit applies once this many bytes have been decompressed
 RATIO_FLOOR = 1 << 20
 #: a tar extended header (PAX, GNU long name) larger than this is refused
 MAX_TAR_HEADER = 1 << 20
@@ -129,7 +131,6 @@ _CHUNK = 1 << 20
 _NORMALIZED_MTIME = 315532800  # 1980-01-01T00:00:00Z: the earliest time a zip can hold
 _STORED_SUFFIXES = (".jpg", ".jpeg", ".png", ".zst", ".gz", ".zip", ".mp4", ".webp")
 _TEMP_RE = re.compile(r"(\.tmp|\.tmp-\d+)$")
-_DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _ZSTD_MAGIC = 0xFD2FB528
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -152,30 +153,33 @@ class ArchiveError(ValueError):
 # =========================================================================== names
 
 
+#: how an archive refusal words each name problem of :func:`edge_runtime.safe_extract.name_problem`
+_NAME_WORDS = {
+    "empty": "empty member name",
+    "nul": "NUL byte in the name",
+    "not_utf8": "the name is not valid UTF-8",
+    "control": "control character in the name",
+    "backslash": "backslash in the name (a Windows path separator; path traversal risk)",
+    "absolute": "absolute path",
+    "drive": "drive-letter path",
+    "traversal": "path traversal ('..' component)",
+    "noncanonical": "non-canonical path (empty or '.' component)",
+}
+#: how an archive refusal words a member type of edge_runtime.safe_extract's zip/tar_entry_kind
+_KIND_WORDS = {
+    "dir": "a directory entry; archives hold regular files only; refused",
+    "device": "a device node; refused",
+    "fifo": "a FIFO; refused",
+    "socket": "a socket; refused",
+    "special": "not a regular file; refused",
+}
+
+
 def _name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a member name (``None`` when it can)."""
-    if not name:
-        return "empty member name"
-    if "\x00" in name:
-        return "NUL byte in the name"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "the name is not valid UTF-8"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return "control character in the name"
-    if "\\" in name:
-        return "backslash in the name (a Windows path separator; path traversal risk)"
-    if name.startswith("/"):
-        return "absolute path"
-    if _DRIVE_RE.match(name):
-        return "drive-letter path"
-    parts = name.split("/")
-    if ".." in parts:
-        return "path traversal ('..' component)"
-    if any(p in ("", ".") for p in parts):
-        return "non-canonical path (empty or '.' component)"
-    return None
+    """Why ``name`` cannot be a member name (``None`` when it can): the edge runtime's rules
+    (:func:`edge_runtime.safe_extract.name_problem`), in this module's words."""
+    code = name_problem(name)
+    return None if code is None else _NAME_WORDS[code]
 
 
 def _is_temp(name: str) -> bool:
@@ -644,8 +648,7 @@ def _write_zip(fh: BinaryIO, manifest: bytes, entries: list[_Entry], *, level: i
 # =========================================================================== reading
 
 
-_CORRUPT = (tarfile.TarError, zstandard.ZstdError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError,
-            struct.error, UnicodeError, NotImplementedError, OSError, ValueError, KeyError, IndexError, OverflowError)
+_CORRUPT = (tarfile.TarError, zstandard.ZstdError, *ZIP_READ_ERRORS)
 
 
 class _GuardedTarInfo(tarfile.TarInfo):
@@ -687,7 +690,8 @@ class _Scan:
         self.max_members = int(max_members)
         self.durable = durable
         self.archive_size = archive.stat().st_size
-        self.total = 0  # decompressed bytes so far
+        self.budget = ExpansionBudget(self.max_bytes, max_ratio=self.max_ratio, compressed=self.archive_size,
+                                      ratio_floor=RATIO_FLOOR)  # decompressed bytes so far
         self.current: str | None = None  # member being read, for messages
         self.manifest: dict[str, Any] = {}
         self.expected: dict[str, tuple[int, str]] = {}
@@ -699,11 +703,11 @@ class _Scan:
         return ArchiveError(why, archive=self.archive, member=member)
 
     def count(self, n: int) -> None:
-        self.total += n
-        if self.total > self.max_bytes:
+        over = self.budget.add(n)
+        if over == "max_bytes":
             raise self.refuse(f"expands to more than max_bytes={self.max_bytes} bytes; refused (decompression bomb?)",
                               self.current)
-        if self.total > RATIO_FLOOR and self.total > self.max_ratio * max(self.archive_size, 1):
+        if over == "max_ratio":
             raise self.refuse(f"expands more than max_ratio={self.max_ratio:g} times the archive's "
                               f"{self.archive_size} bytes; refused (decompression bomb?)", self.current)
 
@@ -750,10 +754,9 @@ class _Scan:
             if p in expected:
                 raise self.refuse(f"lists {p!r} twice (duplicate member)", MANIFEST_NAME)
             expected[p] = (m["size"], m["sha256"])
-        prefixes = {"/".join(p.split("/")[:i]) for p in expected for i in range(1, p.count("/") + 1)}
-        clash = sorted(prefixes & expected.keys())
+        clash = path_clashes(expected)
         if clash:
-            raise self.refuse(f"lists {clash[0]!r} both as a file and as a folder", MANIFEST_NAME)
+            raise self.refuse(f"lists {clash[0][0]!r} both as a file and as a folder", MANIFEST_NAME)
         declared = sum(s for s, _ in expected.values())
         if declared > self.max_bytes:
             raise self.refuse(f"declares {declared} bytes, more than max_bytes={self.max_bytes}; refused "
@@ -788,8 +791,7 @@ class _Scan:
                 while p != self.dest and p not in self.dirs:
                     self.dirs.add(p)
                     p = p.parent
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                         | getattr(os, "O_CLOEXEC", 0), 0o666)
+            fd = create_member_file(target, 0o666)
         try:
             h = hashlib.sha256()
             n = 0
@@ -931,18 +933,15 @@ class _Scan:
 
     def tar_type(self, ti: tarfile.TarInfo) -> None:
         name = ti.name
-        if ti.issym():
+        kind = tar_entry_kind(ti)
+        if kind == "symlink":
             raise self.refuse(f"a symlink to {ti.linkname!r}; archives hold regular files only, all links are refused", name)
-        if ti.islnk():
+        if kind == "hardlink":
             raise self.refuse(f"a hard link to {ti.linkname!r}; archives hold regular files only, all links are refused", name)
-        if ti.ischr() or ti.isblk():
-            raise self.refuse("a device node; refused", name)
-        if ti.isfifo():
-            raise self.refuse("a FIFO; refused", name)
-        if ti.isdir():
-            raise self.refuse("a directory entry; archives hold regular files only; refused", name)
-        if ti.issparse() or not ti.isreg():
+        if kind == "special":
             raise self.refuse(f"not a regular file (tar type {ti.type!r}); refused", name)
+        if kind != "file":
+            raise self.refuse(_KIND_WORDS[kind], name)
 
     # ---- zip
     def run_zip(self, fh: BinaryIO) -> None:
@@ -976,7 +975,7 @@ class _Scan:
         missing = sorted(self.expected.keys() - {zi.filename for zi in infos[1:]})
         if missing:
             raise self.refuse(f"listed in {MANIFEST_NAME} but not in the archive; refused", missing[0])
-        if declared > RATIO_FLOOR and declared > self.max_ratio * max(self.archive_size, 1):
+        if exceeds_ratio(declared, self.archive_size, self.max_ratio, RATIO_FLOOR):
             raise self.refuse(f"declares {declared} bytes, more than max_ratio={self.max_ratio:g} times the archive's "
                               f"{self.archive_size} bytes; refused (decompression bomb?)")
         for zi, size, sha in plan:
@@ -988,26 +987,22 @@ class _Scan:
 
     def zip_type(self, zf: zipfile.ZipFile, zi: zipfile.ZipInfo) -> None:
         name = zi.filename
-        mode = zi.external_attr >> 16
-        kind = stat.S_IFMT(mode)
-        if zi.create_system == 3 and kind == stat.S_IFLNK:
+        kind = zip_entry_kind(zi)
+        if kind == "symlink":
             target = "?"
             if zi.file_size <= 4096:
                 with self.reading(name), zf.open(zi) as f:
                     target = f.read(4097).decode("utf-8", "replace")
             raise self.refuse(f"a symlink to {target!r}; archives hold regular files only, all links are refused", name)
-        if zi.create_system == 3 and kind and kind != stat.S_IFREG:
-            what = {
-                    stat.S_IFDIR: "a directory entry; archives hold regular files only; refused",
-                    stat.S_IFCHR: "a device node; refused", stat.S_IFBLK: "a device node; refused",
-                    stat.S_IFIFO: "a FIFO; refused", stat.S_IFSOCK: "a socket; refused"}.get(kind, "not a regular file; refused")
-            raise self.refuse(what, name)
-        if zi.is_dir():
-            raise self.refuse("a directory entry; archives hold regular files only; refused", name)
-        if zi.flag_bits & 0x1:
+        if kind != "file":
+            raise self.refuse(_KIND_WORDS[kind], name)
+        problem = zip_entry_problem(zi)
+        if problem == "encrypted":
             raise self.refuse("encrypted; refused", name)
-        if zi.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        if problem == "compression":
             raise self.refuse(f"unsupported compression method {zi.compress_type}; refused", name)
+        if problem == "negative_size":
+            raise self.refuse("declares a negative size; refused", name)
 
 
 def _kind(archive: Path) -> str:
