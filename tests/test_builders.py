@@ -5,7 +5,9 @@ A capture folder of 4 clean synthetic pi5_donkey episodes (24x32 camera) plus 2 
 subprocess, then read back with ``tfds.builder_from_directory``: the 4 good episodes must come
 back exactly (actions, float64 timestamps, flags, text, and the JPEG bytes identical to the
 frame files), each once, and the 2 broken ones must be listed in ``quarantine.json`` with
-their reasons. Slow: every build starts TensorFlow (and Beam) in a fresh process.
+their reasons. The build's ``manifest.json`` is the pipeline's: the same inputs, quarantine
+records and counts as ``rldskit convert`` of the same folder writes. Slow: every build starts
+TensorFlow (and Beam) in a fresh process.
 """
 
 from __future__ import annotations
@@ -136,22 +138,58 @@ def assert_quarantine(ds_dir: Path, *, written: dict[str, int]) -> dict:
     assert got["ep_0001_00000"]["reasons"][0]["step"] == 3
     assert got["ep_0001_00000"]["reasons"][0]["field"] == "action"
     assert got["ep_0002_00000"]["reasons"][0]["step"] == 5
-    assert not list(ds_dir.glob("*quarantine-part*")), "temporary quarantine parts were left behind"
+    assert not list(ds_dir.glob("*-part.json")), "temporary part files were left behind"
+    # the pipeline's quarantine record (key: the input named under its source, the capture folder)
+    assert {r["key"] for r in report["quarantined"]} == {f"capture/{e}" for e in BROKEN}
     return report
 
 
-def test_tfds_build_array_record_reads_back_exactly(capture, tmp_path):
+MANIFEST_KEYS = {"format", "name", "spec", "counts", "roots", "inputs", "outputs", "quarantine"}
+
+
+def assert_manifest(ds_dir: Path, folder: Path, file_format: str) -> dict:
+    """The build's manifest.json has the pipeline's shape and accounts for every input."""
+    manifest = json.loads((ds_dir / "manifest.json").read_text())
+    assert set(manifest) == MANIFEST_KEYS and manifest["format"] == "rldskit.dataset/1"
+    assert manifest["name"] == "rlds_capture" and manifest["spec"] == "pi5_donkey"
+    assert manifest["counts"] == {"inputs": 6, "written": 4, "quarantined": 2, "steps": 4 * 12}
+    status = {i["source"].split("/", 1)[1]: i["status"] for i in manifest["inputs"]}
+    assert status == {e: "quarantined" if e in BROKEN else "written" for e in status} and len(status) == 6
+    assert {q["key"].split("/", 1)[1]: [r["code"] for r in q["reasons"]] for q in manifest["quarantine"]} == \
+        {e: [c] for e, c in BROKEN.items()}
+    files = sorted(p.name for p in ds_dir.glob(f"rlds_capture-*.{file_format}*"))
+    assert sorted(o["file"] for o in manifest["outputs"]) == files
+    for o in manifest["outputs"]:
+        assert o["sha256"] == hashlib.sha256((ds_dir / o["file"]).read_bytes()).hexdigest()
+        assert o["format"] == file_format and o["layout"] == "episodes"
+        assert o["bytes"] == (ds_dir / o["file"]).stat().st_size
+    assert sum(o["records"] for o in manifest["outputs"]) == 4
+    assert str(folder) not in json.dumps(manifest), "a local path in manifest.json"
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def array_record_build(capture, tmp_path_factory):
+    """One ``tfds build --file_format=array_record`` of the capture: ``(data_dir, result)``."""
+    folder = capture[0]
+    cwd = tmp_path_factory.mktemp("array_record_build")
+    data_dir = cwd / "tfds"
+    res = tfds_build(f"--manual_dir={folder}", f"--data_dir={data_dir}", "--file_format=array_record", cwd=cwd)
+    return data_dir, res
+
+
+def test_tfds_build_array_record_reads_back_exactly(capture, array_record_build):
     import tensorflow_datasets as tfds
 
     folder, spec, good = capture
-    data_dir = tmp_path / "tfds"
-    res = tfds_build(f"--manual_dir={folder}", f"--data_dir={data_dir}", "--file_format=array_record", cwd=tmp_path)
+    data_dir, res = array_record_build
     assert "6 episodes in, 4 written" in res.stdout
 
     ds_dir = dataset_dir(data_dir)
     report = assert_quarantine(ds_dir, written={"train": 4})
     assert report["runner"] == "python" and report["file_format"] == "array_record"
     assert report["schema"]["from"] == str(folder / "schema.json")
+    assert_manifest(ds_dir, folder, "array_record")
 
     builder = tfds.builder_from_directory(ds_dir)
     assert builder.info.splits["train"].num_examples == 4
@@ -185,6 +223,7 @@ def test_tfds_build_beam_multi_processing_tfrecord(capture, tmp_path):
     ds_dir = dataset_dir(data_dir)
     report = assert_quarantine(ds_dir, written={"train": 4})
     assert report["runner"] == "beam" and report["file_format"] == "tfrecord"
+    assert_manifest(ds_dir, folder, "tfrecord")  # the workers' records, collected through Beam
     assert sorted(p.name for p in ds_dir.glob("*.tfrecord*")) == ["rlds_capture-train.tfrecord-00000-of-00001"]
 
     builder = tfds.builder_from_directory(ds_dir)
@@ -226,3 +265,28 @@ def test_tfds_build_json_config_val_split(capture, tmp_path):
         source = builder.as_data_source(split=split, decoders=skip_images())
         got = sorted(source[i]["episode_metadata"]["episode_id"].decode() for i in range(len(source)))
         assert got == ids, split
+
+
+def test_builder_manifest_is_the_one_rldskit_convert_writes(capture, array_record_build, tmp_path):
+    """The builder accounts for its episodes and writes its manifest with the pipeline's functions:
+    the same inputs (names, sizes, sha256, status), roots and quarantine records (reasons included)
+    as ``rldskit convert`` of the same capture folder; only the files differ (TFDS wrote them)."""
+    from rldskit.pipeline import convert
+
+    folder, spec, _ = capture
+    data_dir, _ = array_record_build
+    ours = json.loads((dataset_dir(data_dir) / "manifest.json").read_text())
+    theirs = convert([folder], tmp_path / "converted", name="rlds_capture", formats=("array_record",),
+                     runner="inline").manifest
+    assert set(ours) == set(theirs) == MANIFEST_KEYS
+    assert ours["format"] == theirs["format"] and ours["name"] == theirs["name"] and ours["spec"] == theirs["spec"]
+    assert ours["counts"] == theirs["counts"]
+    assert ours["roots"] == theirs["roots"]
+    assert ours["inputs"] == theirs["inputs"]
+    assert [set(q) for q in ours["quarantine"]] == [set(q) for q in theirs["quarantine"]]
+    assert [{k: v for k, v in q.items() if k != "shard"} for q in ours["quarantine"]] == \
+        [{k: v for k, v in q.items() if k != "shard"} for q in theirs["quarantine"]]
+    assert {q["shard"] for q in ours["quarantine"]} == {"train"}  # the split (TFDS chose the shards)
+    episode_outputs = [o for o in theirs["outputs"] if o["layout"] == "episodes"]
+    assert [set(o) for o in ours["outputs"]] == [set(o) for o in episode_outputs]
+    assert sum(o["records"] for o in ours["outputs"]) == sum(o["records"] for o in episode_outputs) == 4

@@ -17,14 +17,20 @@ Three things a reader should know (README.md beside this file has the commands):
   comes from the capture folder, the builder starts unresolved and rebuilds itself, by TFDS's
   own pickling path (``__setstate__`` -> ``__init__``), the moment ``download_and_prepare``
   receives ``manual_dir``. A builder made with ``RldsCapture(manual_dir=...)`` knows it at once.
-* **Quarantine.** An episode that cannot be read, fails validation (``Gates()`` by default) or
-  shares its ``episode_id`` with an earlier one is not written and not silently dropped: it is
-  logged with its reasons and listed in ``quarantine.json`` inside the dataset folder (beside
-  ``dataset_info.json``). The build then checks ``episodes in == written + quarantined``, against
-  both TFDS's split counts and the records actually in the shard files, and fails (leaving no
-  finished-looking folder) if any episode is unaccounted for.
+* **Quarantine and manifest.** An episode that cannot be read, fails validation (``Gates()`` by
+  default) or shares its ``episode_id`` with an earlier one is not written and not silently
+  dropped: it is logged with its reasons and recorded. The records, the accounting and the
+  manifest are the pipeline's (:func:`rldskit.pipeline.plan.check_accounting`,
+  :func:`~rldskit.pipeline.plan.build_manifest`): every input episode is written or quarantined
+  exactly once, and is checked against TFDS's split counts and the records actually in the shard
+  files, or the build fails (leaving no finished-looking folder); ``manifest.json`` beside
+  ``dataset_info.json`` has the shape ``rldskit convert`` writes (inputs named relative to the
+  capture folder with a content sha256, every shard file with its sha256, every quarantine record
+  with its reasons). ``quarantine.json`` beside it is the build's summary (schema, gates, runner,
+  counts) with the same quarantine records plus ``path``, ``episode_id`` and ``split``.
 * **Beam.** With ``--beam_pipeline_options`` (or a ``beam_runner``) ``_generate_examples``
-  returns a ``beam.PTransform``; without, a Python generator. The functions that run on workers
+  returns a ``beam.PTransform`` (the written episodes' and the quarantine records travel as tagged
+  outputs into per-split part files); without, a Python generator. The functions that run on workers
   are module-level and take the schema as JSON text, so workers never rebuild the builder; this
   module is registered with Beam's cloudpickle to be shipped by value (workers only need
   rldskit and TFDS installed, not this folder).
@@ -49,6 +55,7 @@ SCHEMA_ENV = "RLDSKIT_SCHEMA"
 QUARANTINE_FILE = "quarantine.json"
 QUARANTINE_FORMAT = "rldskit.quarantine/1"
 _PART_SUFFIX = ".quarantine-part.json"
+_WRITTEN_PART_SUFFIX = ".written-part.json"
 
 
 # =========================================================================== config
@@ -131,31 +138,39 @@ def _spec_from_json(text: str):
     return spec
 
 
-def convert_episode(item: tuple[str, str, str], spec_json: str, gates: dict[str, Any]) -> tuple[bool, Any]:
-    """Read, validate and lay out one episode. ``item`` is ``(path, key, relative path)``.
-    Returns ``(True, (key, example))`` or ``(False, quarantine record)``; never raises on bad
-    data (an unexpected exception becomes a ``CONVERT_ERROR`` reason).
+def convert_episode(item: tuple[dict[str, Any], str], spec_json: str, gates: dict[str, Any]) -> tuple[bool, Any]:
+    """Read, validate and lay out one episode. ``item`` is ``(InputItem as a dict, key)`` (``key``:
+    the TFDS example key, the episode id read when the build started). Returns ``(True, (key,
+    example, entry))`` or ``(False, quarantine record)``, both in the form of the pipeline's shard
+    records (``entry``: ``{"index", "key", "sha256", "episode_id", "length", "terminal"}``; the
+    record: ``{"index", "key", "sha256", "reasons"}``, messages with local paths scrubbed); never
+    raises on bad data (an unexpected exception becomes a ``CONVERT_ERROR`` reason).
 
     Reading and validation are :func:`rldskit.pipeline.shard.load_checked`, the per-episode
     check ``rldskit convert`` uses, so both quarantine the same episodes for the same reasons."""
     from rldskit.formats.tfexample import to_tfds_example
     from rldskit.pipeline.plan import InputItem
-    from rldskit.pipeline.shard import load_checked
+    from rldskit.pipeline.shard import input_digest, load_checked, scrub_paths
     from rldskit.validation import Gates
 
-    path, key, rel = item
+    fields, key = item
+    inp = InputItem(**fields)
     try:
         spec = _spec_from_json(spec_json)
-        episode, reasons = load_checked(InputItem(0, "capture", path, "", 0), spec, Gates.from_dict(gates))
+        episode, reasons = load_checked(inp, spec, Gates.from_dict(gates))
+        digest = input_digest(inp)
         if episode is None:
-            return False, _record(rel, key, reasons or [_reason("READ_ERROR", "the episode could not be read")])
+            reasons = [dict(r, message=scrub_paths(str(r.get("message", "")), inp)) for r in reasons]
+            return False, _record(inp, reasons or [_reason("READ_ERROR", "the episode could not be read")], digest)
         if episode.episode_id and episode.episode_id != key:
-            return False, _record(rel, key, [_reason("READ_ERROR", f"episode_id {episode.episode_id!r} differs from "
-                                                     f"{key!r} read from its metadata when the build started "
-                                                     "(the episode changed during the build)")])
-        return True, (key, to_tfds_example(episode, spec))
+            return False, _record(inp, [_reason("READ_ERROR", f"episode_id {episode.episode_id!r} differs from "
+                                                f"{key!r} read from its metadata when the build started "
+                                                "(the episode changed during the build)")], digest)
+        entry = {"index": inp.index, "key": inp.key, "sha256": digest, "episode_id": episode.episode_id or key,
+                 "length": len(episode), "terminal": episode.is_terminal}
+        return True, (key, to_tfds_example(episode, spec), entry)
     except Exception as e:  # noqa: BLE001 - a worker must account for every episode
-        return False, _record(rel, key, [_reason("CONVERT_ERROR", f"{type(e).__name__}: {e}")])
+        return False, _record(inp, [_reason("CONVERT_ERROR", scrub_paths(f"{type(e).__name__}: {e}", inp))], None)
 
 
 def _reason(code: str, message: str, step: int | None = None, field: str | None = None) -> dict[str, Any]:
@@ -163,26 +178,31 @@ def _reason(code: str, message: str, step: int | None = None, field: str | None 
     return {"code": code, "step": step, "field": field, "message": message}
 
 
-def _record(rel: str, key: str, reasons: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"path": rel, "episode_id": key, "reasons": list(reasons)}
+def _record(inp, reasons: list[dict[str, Any]], digest: str | None) -> dict[str, Any]:
+    """A quarantine record, as a pipeline shard task writes it."""
+    return {"index": inp.index, "key": inp.key, "sha256": digest, "reasons": list(reasons)}
 
 
-def _tagged(item: tuple[str, str, str], spec_json: str, gates: dict[str, Any], split: str):
-    """Beam FlatMap body: good episodes on the main output, the rest on ``quarantine``."""
+def _tagged(item: tuple[dict[str, Any], str], spec_json: str, gates: dict[str, Any]):
+    """Beam FlatMap body: good examples on the main output, their entries on ``written``, the
+    rest on ``quarantine``."""
     from apache_beam import pvalue
 
     ok, value = convert_episode(item, spec_json, gates)
     if ok:
-        yield value
+        key, example, entry = value
+        yield key, example
+        yield pvalue.TaggedOutput("written", entry)
     else:
-        yield pvalue.TaggedOutput("quarantine", dict(value, split=split))
+        yield pvalue.TaggedOutput("quarantine", value)
 
 
 def _write_part(records: list[dict[str, Any]], path: str) -> None:
-    """Write one split's quarantine records (Beam: runs once per split, on some worker)."""
+    """Write one split's written entries or quarantine records (Beam: runs once per split, on some
+    worker)."""
     from etils import epath
 
-    epath.Path(path).write_text(json.dumps(sorted(records, key=lambda r: r["path"])))
+    epath.Path(path).write_text(json.dumps(sorted(records, key=lambda r: r["index"])))
 
 
 def _ship_module_by_value() -> None:
@@ -368,48 +388,62 @@ class RldsCapture(tfds.core.GeneratorBasedBuilder):
     # ---- generation
     def _download_and_prepare(self, dl_manager, download_config) -> None:
         self._use_beam = download_config.beam_options is not None or download_config.beam_runner is not None
-        self._quarantine: list[dict[str, Any]] = []
-        self._parts: list[str] = []
-        self._expected: dict[str, int] = {}
+        self._items: list[Any] = []  # every input episode (rldskit.pipeline.plan.InputItem), split assigned
+        self._keys: dict[int, str] = {}  # input index -> TFDS example key (its episode id)
+        self._paths: dict[int, str] = {}  # input index -> path relative to --manual_dir
+        self._records: dict[str, dict[str, list[dict[str, Any]]]] = {}  # split -> shard-record lists kept here
+        self._parts: dict[str, tuple[str, str]] = {}  # split -> (quarantine part, written part) of a Beam run
         try:
             super()._download_and_prepare(dl_manager, download_config)
         except Exception:
-            for r in self._collect_quarantine():
-                log.error("rlds_capture: quarantined %s: %s", r["path"], _summary(r))
+            for info in self._collect():
+                for r in info["quarantined"]:
+                    log.error("rlds_capture: quarantined %s: %s", r["key"], _summary(r))
             raise
         if download_config.max_examples_per_split == 0:
             return
         self._finish(limited=download_config.max_examples_per_split)
 
+    def _split(self, split: str) -> dict[str, list[dict[str, Any]]]:
+        return self._records.setdefault(split, {"episodes": [], "quarantined": []})
+
     def _split_generators(self, dl_manager):
-        from rldskit.formats.capture_dir import find_episodes
+        from rldskit.pipeline.plan import plan_conversion
+        from rldskit.pipeline.shard import input_digest
 
         root = Path(os.fspath(dl_manager.manual_dir)).resolve()
-        found, problems = find_episodes([root])
+        # the pipeline's listing: every input named relative to the capture folder (prefixed by its
+        # name), with its size, exactly as `rldskit convert <manual_dir>` records it
+        found, _shards, _tfds_spec, problems = plan_conversion([root])
         if not found:
-            raise ValueError(f"no episodes under {root}: " + "; ".join(i.message for i in problems))
+            raise ValueError(f"no episodes under {root}: " + "; ".join(problems))
+        if any(it.kind != "capture" for it in found):
+            raise ValueError(f"{root} holds a TFDS dataset, not a capture folder: convert it with `rldskit convert`")
         cfg = self.builder_config
         fraction = float(cfg.val_fraction) if cfg is not None else 0.0
         self._spec_json = self.spec.to_json()
         self._gates = _gates_dict(cfg.gates if cfg is not None else None)
         self._n_in = len(found)
         seen: dict[str, str] = {}
-        splits: dict[str, list[tuple[str, str, str]]] = {"train": [], "val": []}
-        for p in found:
+        splits: dict[str, list[tuple[dict[str, Any], str]]] = {"train": [], "val": []}
+        for it in found:
+            p = Path(it.path)
             rel = str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
             key = episode_id_hint(p) or rel
             split = "val" if in_val_split(key, fraction) else "train"
+            it = dataclasses.replace(it, split=split)
+            self._items.append(it)
+            self._keys[it.index], self._paths[it.index] = key, rel
             if key in seen:
-                self._quarantine.append(dict(_record(rel, key, [_reason(
-                    "DUPLICATE_EPISODE_ID", f"episode_id {key!r} is also used by {seen[key]}", field="episode_id")]),
-                    split=split))
+                self._split(split)["quarantined"].append(_record(it, [_reason(
+                    "DUPLICATE_EPISODE_ID", f"episode_id {key!r} is also used by {seen[key]}", field="episode_id")],
+                    input_digest(it)))
                 continue
             seen[key] = rel
-            splits[split].append((str(p), key, rel))
+            splits[split].append((dataclasses.asdict(it), key))
         out = {}
         for split, items in splits.items():
             if items:
-                self._expected[split] = len(items)
                 out[split] = self._generate_examples(items=items, split=split)
             elif split == "train" or fraction > 0:
                 log.warning("rlds_capture: split %r gets no episodes; it is not written", split)
@@ -417,27 +451,31 @@ class RldsCapture(tfds.core.GeneratorBasedBuilder):
                  {s: len(v) for s, v in splits.items()}, self.spec.id)
         return out
 
-    def _generate_examples(self, items: list[tuple[str, str, str]], split: str):
+    def _generate_examples(self, items: list[tuple[dict[str, Any], str]], split: str):
         if self._use_beam:
             return self._beam_examples(items, split)
         return self._local_examples(items, split)
 
     def _local_examples(self, items, split):
+        records = self._split(split)
         for item in items:
             ok, value = convert_episode(item, self._spec_json, self._gates)
             if ok:
-                yield value
+                key, example, entry = value
+                records["episodes"].append(entry)
+                yield key, example
             else:
-                record = dict(value, split=split)
-                log.warning("rlds_capture: quarantined %s: %s", record["path"], _summary(record))
-                self._quarantine.append(record)
+                log.warning("rlds_capture: quarantined %s: %s", value["key"], _summary(value))
+                records["quarantined"].append(value)
 
     def _beam_examples(self, items, split):
         import apache_beam as beam
 
         _ship_module_by_value()
-        part = os.fspath(self.data_path / f"{split}{_PART_SUFFIX}")
-        self._parts.append(part)
+        self._split(split)
+        parts = (os.fspath(self.data_path / f"{split}{_PART_SUFFIX}"),
+                 os.fspath(self.data_path / f"{split}{_WRITTEN_PART_SUFFIX}"))
+        self._parts[split] = parts
         spec_json, gates = self._spec_json, self._gates
 
         @beam.ptransform_fn
@@ -445,49 +483,87 @@ class RldsCapture(tfds.core.GeneratorBasedBuilder):
             results = (root
                        | "ListEpisodes" >> beam.Create(items)
                        | "Spread" >> beam.Reshuffle()
-                       | "ReadValidate" >> beam.FlatMap(_tagged, spec_json, gates, split).with_outputs(
-                           "quarantine", main="good"))
+                       | "ReadValidate" >> beam.FlatMap(_tagged, spec_json, gates).with_outputs(
+                           "quarantine", "written", main="good"))
             _ = (results.quarantine
                  | "CollectQuarantine" >> beam.combiners.ToList()
-                 | "WriteQuarantine" >> beam.Map(_write_part, part))
+                 | "WriteQuarantine" >> beam.Map(_write_part, parts[0]))
+            _ = (results.written
+                 | "CollectWritten" >> beam.combiners.ToList()
+                 | "WriteWritten" >> beam.Map(_write_part, parts[1]))
             return results.good
 
         return episodes_to_examples()  # pylint: disable=no-value-for-parameter
 
     # ---- accounting
-    def _collect_quarantine(self) -> list[dict[str, Any]]:
+    def _collect(self) -> list[dict[str, Any]]:
+        """One pipeline shard record per split (``shard`` is the split's name): what was kept here
+        plus what a Beam run's workers wrote into the part files."""
         from etils import epath
 
-        records = list(getattr(self, "_quarantine", []))
-        for part in getattr(self, "_parts", []):
-            p = epath.Path(part)
-            if p.exists():
-                records.extend(json.loads(p.read_text()))
-        return sorted(records, key=lambda r: r["path"])
+        infos = []
+        for split, kept in getattr(self, "_records", {}).items():
+            episodes, quarantined = list(kept["episodes"]), list(kept["quarantined"])
+            qpart, wpart = getattr(self, "_parts", {}).get(split, (None, None))
+            for part, into in ((qpart, quarantined), (wpart, episodes)):
+                if part is not None and epath.Path(part).exists():
+                    into.extend(json.loads(epath.Path(part).read_text()))
+            infos.append({"split": split, "shard": split, "episodes": sorted(episodes, key=lambda e: e["index"]),
+                          "quarantined": sorted(quarantined, key=lambda q: q["index"])})
+        return infos
+
+    def _outputs(self, fmt: str) -> list[dict[str, Any]]:
+        """The manifest's ``outputs``: every shard file TFDS wrote, with its records, bytes and sha256."""
+        from etils import epath
+
+        outputs = []
+        for name, si in self.info.splits.items():
+            for f in si.filepaths:
+                f = epath.Path(f)
+                h, n = hashlib.sha256(), 0
+                with f.open("rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                        n += len(chunk)
+                outputs.append({"file": f.name, "format": fmt, "layout": "episodes", "split": name,
+                                "records": count_records([f], fmt), "bytes": n, "sha256": h.hexdigest()})
+        return outputs
 
     def _finish(self, limited: int | None) -> None:
-        records = self._collect_quarantine()
+        from etils import epath
+
+        from rldskit.pipeline.plan import (MANIFEST_FILE, ConversionError, build_manifest, check_accounting,
+                                           manifest_bytes)
+
+        infos = self._collect()
+        records = sorted((dict(q, path=self._paths[q["index"]], episode_id=self._keys[q["index"]], split=i["split"])
+                          for i in infos for q in i["quarantined"]), key=lambda r: r["path"])
         if self._use_beam:
             for r in records:
-                log.warning("rlds_capture: quarantined %s: %s", r["path"], _summary(r))
+                log.warning("rlds_capture: quarantined %s: %s", r["key"], _summary(r))
         fmt = self.info.file_format.value if self.info.file_format else "tfrecord"
         written, on_disk = {}, {}
         for name, si in self.info.splits.items():
             written[name] = si.num_examples
             on_disk[name] = count_records(si.filepaths, fmt)
-        from etils import epath
-
-        missing_parts = [p for p in self._parts if not epath.Path(p).exists()]
+        recorded = {i["split"]: len(i["episodes"]) for i in infos}
+        missing_parts = [p for parts in self._parts.values() for p in parts if not epath.Path(p).exists()]
         n_written, n_quarantined = sum(written.values()), len(records)
         problems = []
         if missing_parts:
-            problems.append(f"quarantine output missing for {missing_parts}")
+            problems.append(f"worker output missing for {missing_parts}")
         for name, n in written.items():
             if on_disk[name] is not None and on_disk[name] != n:
                 problems.append(f"split {name}: dataset_info says {n} episodes, the shard files hold {on_disk[name]}")
-        if not limited and self._n_in != n_written + n_quarantined:
-            problems.append(f"{self._n_in} episodes in, {n_written} written + {n_quarantined} quarantined: "
-                            f"{self._n_in - n_written - n_quarantined} unaccounted for")
+            if not limited and recorded.get(name, 0) != n:
+                problems.append(f"split {name}: dataset_info says {n} episodes, {recorded.get(name, 0)} were recorded "
+                                "as written")
+        digests: dict[int, str | None] = {}
+        if not limited:
+            try:  # the pipeline's own check: every input written or quarantined, exactly once
+                digests = check_accounting(self._items, infos)
+            except ConversionError as e:
+                problems.append(str(e))
         report = {
             "format": QUARANTINE_FORMAT,
             "dataset": f"{self.name}/{self.builder_config_name}/{self.version}",
@@ -505,9 +581,15 @@ class RldsCapture(tfds.core.GeneratorBasedBuilder):
         if problems:
             raise RuntimeError("rlds_capture: the build does not account for every episode (no dataset is left "
                                "behind): " + "; ".join(problems) + "\n" + json.dumps(report, indent=1)[:4000])
+        if not limited:  # a --max_examples_per_split build converts only some inputs: no manifest
+            manifest = build_manifest(name=self.name, spec_name=self.spec.name, items=self._items, infos=infos,
+                                      digests=digests, outputs=self._outputs(fmt),
+                                      steps=sum(e["length"] for i in infos for e in i["episodes"]))
+            (self.data_path / MANIFEST_FILE).write_bytes(manifest_bytes(manifest))
         (self.data_path / QUARANTINE_FILE).write_text(json.dumps(report, indent=1) + "\n")
-        for part in self._parts:
-            epath.Path(part).unlink(missing_ok=True)
+        for parts in self._parts.values():
+            for part in parts:
+                epath.Path(part).unlink(missing_ok=True)
         log.info("rlds_capture: %d episodes in, %s written, %d quarantined (%s)", self._n_in, written,
                  n_quarantined, self.data_path / QUARANTINE_FILE)
         print(f"rlds_capture: {self._n_in} episodes in, {n_written} written {written}, {n_quarantined} quarantined"

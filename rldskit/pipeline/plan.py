@@ -14,10 +14,17 @@ Three concepts:
   The plan depends only on the inputs and the options, never on the runner or the number of
   workers, so every runner writes byte-identical shards.
 * **Finalisation** (:func:`finalize`): after every shard task has run, check that every input
-  is accounted for (written or quarantined, exactly once; otherwise :class:`ConversionError`
-  and no finished-looking output), rename the shards from the work folder to their TFDS
-  names, write ``episodes.parquet``, ``manifest.json`` and, last, the TFDS metadata
-  (``dataset_info.json`` is the marker of a finished dataset).
+  is accounted for (:func:`check_accounting`: written or quarantined, exactly once; otherwise
+  :class:`ConversionError` and no finished-looking output), rename the shards from the work
+  folder to their TFDS names, write ``episodes.parquet``, ``manifest.json``
+  (:func:`build_manifest`, :func:`write_manifest`) and, last, the TFDS metadata
+  (``dataset_info.json`` is the marker of a finished dataset). The TFDS builder in
+  ``builders/rlds_capture`` accounts for its episodes and writes its manifest with the same
+  functions, so both record the same inputs, outputs and quarantine records.
+
+The per-shard record both read (``<work>/<shard>.json`` here) is ``{"split", "shard",
+"episodes": [{"index", "key", "sha256", "episode_id", "length", "terminal", ...}],
+"quarantined": [{"index", "key", "sha256", "reasons": [{"code", "step", "field", "message"}]}]}``.
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ from rldskit._io import atomic_write_bytes
 from rldskit.spec import EpisodeSpec
 
 __all__ = ["InputItem", "ShardPlan", "ConvertOptions", "ConversionError", "plan_conversion", "finalize", "WORK_DIR",
-           "input_digest", "resolve_source", "scrub_paths"]
+           "input_digest", "resolve_source", "scrub_paths", "check_accounting", "build_manifest", "manifest_bytes",
+           "write_manifest", "MANIFEST_FILE", "MANIFEST_FORMAT"]
 
 WORK_DIR = ".rldskit_work"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "rldskit.dataset/1"
 STEPS_DIR = "steps"
 FORMATS = ("tfrecord", "array_record")
 
@@ -261,25 +271,8 @@ def finalize(opts: ConvertOptions, items: Sequence[InputItem], shards: Sequence[
 
     out = Path(opts.out_dir)
     infos = _read_infos(opts, shards)
-    seen: dict[int, str] = {}
-    digests: dict[int, str | None] = {}
-    for info in infos:
-        for e in info["episodes"]:
-            if e["index"] in seen:
-                raise ConversionError(f"input {e['key']} was written twice ({seen[e['index']]} and {info['shard']})")
-            seen[e["index"]] = info["shard"]
-            digests[e["index"]] = e.get("sha256")
-        for q in info["quarantined"]:
-            if q["index"] in seen:
-                raise ConversionError(f"input {q['key']} was both written and quarantined")
-            seen[q["index"]] = info["shard"]
-            digests[q["index"]] = q.get("sha256")
-    missing = [it for it in items if it.index not in seen]
+    digests = check_accounting(items, infos)
     written = sum(len(i["episodes"]) for i in infos)
-    quarantined = sum(len(i["quarantined"]) for i in infos)
-    if missing or written + quarantined != len(items):
-        raise ConversionError(f"{len(items)} inputs but {written} written + {quarantined} quarantined; "
-                              f"unaccounted: {[it.key for it in missing[:5]]}")
     outputs: list[dict[str, Any]] = []
     split_lengths: dict[str, list[int]] = {}
     split_bytes: dict[str, int] = {}
@@ -328,29 +321,80 @@ def finalize(opts: ConvertOptions, items: Sequence[InputItem], shards: Sequence[
                 global_step += e["length"]
     if opts.step_index:
         _write_episode_index(out, opts, infos, index_rows)
-    quarantine = [dict(q, shard=i["shard"]) for i in infos for q in i["quarantined"]]
-    quarantined_ids = {q["index"] for q in quarantine}
-    manifest = {
-        "format": "rldskit.dataset/1",
-        "name": opts.name,
-        "spec": json.loads(opts.spec_json)["name"],
-        "counts": {"inputs": len(items), "written": written, "quarantined": quarantined,
-                   "steps": sum(r["length"] for r in index_rows)},
-        "roots": _roots(items, digests),
-        "inputs": [{"index": it.index, "kind": it.kind, "source": it.key, "root": it.root, "split": it.split,
-                    "bytes": it.size, "sha256": digests.get(it.index),
-                    "status": "quarantined" if it.index in quarantined_ids else "written"}
-                   for it in items],
-        "outputs": outputs,
-        "quarantine": quarantine,
-        **(extra_manifest or {}),
-    }
-    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode())
+    manifest = build_manifest(name=opts.name, spec_name=json.loads(opts.spec_json)["name"], items=items, infos=infos,
+                              digests=digests, outputs=outputs, steps=sum(r["length"] for r in index_rows),
+                              extra=extra_manifest)
+    write_manifest(out, manifest)
     write_tfds_metadata(out, opts.spec(), name=opts.name, file_format=opts.formats[0], splits=split_lengths,
                         split_bytes=split_bytes, alternative_file_formats=tuple(opts.formats[1:]),
                         description=description)
     shutil.rmtree(opts.work_dir, ignore_errors=True)
     return manifest
+
+
+def check_accounting(items: Sequence[InputItem], infos: Sequence[dict[str, Any]]) -> dict[int, str | None]:
+    """Check that every input of ``items`` is in exactly one shard record of ``infos`` (see the
+    module docstring), written or quarantined; returns each input's digest by index. Raises
+    :class:`ConversionError` for an input written twice, both written and quarantined, or missing."""
+    seen: dict[int, str] = {}
+    digests: dict[int, str | None] = {}
+    for info in infos:
+        for e in info["episodes"]:
+            if e["index"] in seen:
+                raise ConversionError(f"input {e['key']} was written twice ({seen[e['index']]} and {info['shard']})")
+            seen[e["index"]] = info["shard"]
+            digests[e["index"]] = e.get("sha256")
+        for q in info["quarantined"]:
+            if q["index"] in seen:
+                raise ConversionError(f"input {q['key']} was both written and quarantined")
+            seen[q["index"]] = info["shard"]
+            digests[q["index"]] = q.get("sha256")
+    missing = [it for it in items if it.index not in seen]
+    written = sum(len(i["episodes"]) for i in infos)
+    quarantined = sum(len(i["quarantined"]) for i in infos)
+    if missing or written + quarantined != len(items):
+        raise ConversionError(f"{len(items)} inputs but {written} written + {quarantined} quarantined; "
+                              f"unaccounted: {[it.key for it in missing[:5]]}")
+    return digests
+
+
+def build_manifest(*, name: str, spec_name: str, items: Sequence[InputItem], infos: Sequence[dict[str, Any]],
+                   digests: dict[int, str | None], outputs: Sequence[dict[str, Any]], steps: int,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dataset's ``manifest.json`` document (``"rldskit.dataset/1"``): counts, the sources
+    (``roots``), every input with its digest and status, every output file (``{"file", "format",
+    "layout", "split", "records", "bytes", "sha256"}``) and every quarantine record (a shard record's
+    ``quarantined`` entry plus the ``shard`` that processed it), then ``extra``. ``infos`` and
+    ``digests`` as :func:`check_accounting` takes and returns them; ``steps``: the steps written."""
+    quarantine = [dict(q, shard=i["shard"]) for i in infos for q in i["quarantined"]]
+    quarantined_ids = {q["index"] for q in quarantine}
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "spec": spec_name,
+        "counts": {"inputs": len(items), "written": sum(len(i["episodes"]) for i in infos),
+                   "quarantined": len(quarantine), "steps": steps},
+        "roots": _roots(items, digests),
+        "inputs": [{"index": it.index, "kind": it.kind, "source": it.key, "root": it.root, "split": it.split,
+                    "bytes": it.size, "sha256": digests.get(it.index),
+                    "status": "quarantined" if it.index in quarantined_ids else "written"}
+                   for it in items],
+        "outputs": list(outputs),
+        "quarantine": quarantine,
+        **(extra or {}),
+    }
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The bytes of ``manifest.json``: JSON with a one-space indent, keys in document order, a final newline."""
+    return (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode()
+
+
+def write_manifest(out_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as ``<out_dir>/manifest.json`` atomically; returns the file."""
+    path = Path(out_dir) / MANIFEST_FILE
+    atomic_write_bytes(path, manifest_bytes(manifest))
+    return path
 
 
 def _roots(items: Sequence[InputItem], digests: dict[int, str | None]) -> list[dict[str, Any]]:
