@@ -61,8 +61,7 @@ _KILLED_LOGGER = textwrap.dedent("""
 
 
 def _convert_and_read_back(out: Path) -> bool:
-    import json
-
+    from rldskit.formats.tfds_dir import DatasetLayout
     from rldskit.pipeline import convert
 
     _banner("4. convert with Beam (DirectRunner, multi_processing): TFRecord + ArrayRecord + step index")
@@ -75,7 +74,7 @@ def _convert_and_read_back(out: Path) -> bool:
           f"{len(res.manifest['outputs'])} files, {res.seconds:.1f} s")
     for q in res.manifest["quarantine"]:
         print(f"  quarantined {Path(q['key']).name}: [{q['reasons'][0]['code']}] {q['reasons'][0]['message']}")
-    print(f"  manifest: {res.path / 'manifest.json'} (every input, every output shard with sha256)")
+    print(f"  manifest: {DatasetLayout(res.path).manifest_path} (every input, every output shard with sha256)")
 
     _banner("5. read back: TFDS builder_from_directory (as_dataset / as_data_source) and rldskit.open")
     import numpy as np
@@ -93,7 +92,7 @@ def _convert_and_read_back(out: Path) -> bool:
     print(f"  tf.data (TFRecord): {n_tf} episodes; data source (ArrayRecord): {len(source)} episodes, "
           f"first has {len(first['steps'])} steps, images decoded to {first['steps'][0]['observation']['image'].shape}")
     print(f"  rldskit.open: {ds.num_episodes('train')} episodes; actions equal to TFDS's: {same}")
-    index = json.loads((res.path / "manifest.json").read_text())["counts"]
+    index = ds.manifest()["counts"]
     return bool(same and n_tf == c["written"] == len(source) and index["inputs"] == c["written"] + c["quarantined"])
 
 
@@ -180,15 +179,14 @@ def _ship(export: Path, out: Path) -> bool:
 
 
 def _stats_and_report(dataset: Path, out: Path) -> Path | None:
+    from rldskit.formats.tfds_dir import DatasetLayout
     from rldskit.report import build_report
-    import json
-
     from rldskit.stats import format_table, write_stats
 
     _banner("9. statistics and the report")
     t0 = time.perf_counter()
     path = write_stats(dataset)
-    table = format_table(json.loads(path.read_text())).splitlines()  # what was written, not a second computation
+    table = format_table(DatasetLayout(path.parent).stats()).splitlines()  # what was written, not a second computation
     print("\n".join("  " + line for line in table[:14]))
     if len(table) > 14:
         print(f"  ... ({len(table) - 14} more lines in {path})")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rldskit._io import atomic_write_bytes
+from rldskit.formats.tfds_dir import DatasetLayout, finished_versions
 
 __all__ = ["STAGES", "run_pipeline", "register_cli"]
 
@@ -145,7 +146,7 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
             state.record(stage, fp, {"summary": line})
         elif stage == "convert":
             fp = _fingerprint(["convert", src_fp, schema, name, runner])
-            if not force and dataset is not None and state.done(stage, fp, [dataset / "dataset_info.json"]):
+            if not force and dataset is not None and state.done(stage, fp, [DatasetLayout(dataset).info_path]):
                 echo(f"[convert] up to date: {dataset}")
                 result["stages"][stage] = "up to date"
                 continue
@@ -166,9 +167,10 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
             state.record(stage, fp, {"dataset": dataset, "counts": c})
         elif stage == "stats":
             dataset = _need_dataset(dataset, dataset_root, name)
-            fp = _fingerprint(["stats", _fingerprint_tree([dataset / "episodes.parquet"])])
-            if not force and state.done(stage, fp, [dataset / "stats.json"]):
-                echo(f"[stats] up to date: {dataset / 'stats.json'}")
+            layout = DatasetLayout(dataset)
+            fp = _fingerprint(["stats", _fingerprint_tree([layout.index_path])])
+            if not force and state.done(stage, fp, [layout.stats_path]):
+                echo(f"[stats] up to date: {layout.stats_path}")
                 result["stages"][stage] = "up to date"
                 continue
             from rldskit.stats import write_stats
@@ -190,7 +192,7 @@ def run_pipeline(episodes: list[Path], out: Path, *, name: str = "dataset", sche
                 overrides["max_steps"] = max_steps
             train_cfg = common.load_config(preset=preset, overrides=overrides)
             fp = _fingerprint(["train", train, common.config_to_dict(train_cfg),
-                               _fingerprint_tree([dataset / "episodes.parquet"])])
+                               _fingerprint_tree([DatasetLayout(dataset).index_path])])
             if not force and state.done(stage, fp, [run / "export" / common.EXPORT_POLICY]):
                 echo(f"[train] up to date: {run / 'export'}")
                 export = run / "export"
@@ -265,7 +267,7 @@ def _existing_dataset(root: Path, name: str) -> Path | None:
     base = root / name
     if not base.is_dir():
         return None
-    versions = sorted(p for p in base.iterdir() if (p / "dataset_info.json").is_file())
+    versions = finished_versions(base)
     return versions[-1] if versions else None
 
 

@@ -38,13 +38,16 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rldskit.formats.arrayrecord import ArrayRecordCorruption, ArrayRecordShardReader
 from rldskit.formats.tfexample import ExampleDecodeError, decode_episode
 from rldskit.spec import EpisodeSpec
+
+if TYPE_CHECKING:
+    from rldskit.formats.tfds_dir import DatasetDir
 
 __all__ = ["StepIndex", "EpisodeRow", "parse_split", "resolve_split_slice", "select_episodes", "EPISODE_ROW_COLUMNS",
            "StepReadError", "StepRecordCorruption", "StepDecodeError"]
@@ -233,18 +236,26 @@ class StepIndex:
         holding exactly one) for ``split`` (a split name; see :func:`parse_split` for slices, which
         :func:`select_episodes` applies). Raises ``DatasetError`` when the dataset has no step-major
         layout and ``KeyError`` for an unknown split."""
+        from rldskit.formats.tfds_dir import open_dataset
+
+        return cls.from_dataset(open_dataset(dataset_path, spec=spec), split)
+
+    @classmethod
+    def from_dataset(cls, ds: DatasetDir, split: str = "train") -> StepIndex:
+        """:meth:`load` of an opened dataset (``ds.index(split)`` calls this): its step index file
+        read once (:meth:`~rldskit.formats.tfds_dir.DatasetLayout.index_table`), checked, and the
+        rows of ``split`` kept. Raises ``DatasetError`` when there is no usable step index and
+        ``KeyError`` for an unknown split."""
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        from rldskit.formats.tfds_dir import EPISODE_INDEX_FILE, DatasetError, open_dataset
+        from rldskit.formats.tfds_dir import EPISODE_INDEX_FILE, DatasetError
 
-        ds = open_dataset(dataset_path, spec=spec)
-        index_file = ds.path / EPISODE_INDEX_FILE
-        if not index_file.is_file():
+        index_file = ds.index_path
+        if not ds.has_index:
             raise DatasetError(f"{ds.path}: no {EPISODE_INDEX_FILE}, so no step-major layout to load windows from; "
                                "convert the dataset with rldskit (step index on, the default): "
                                f"rldskit convert {ds.path} --out DATA --name NAME")
-        table = pq.read_table(index_file)
+        table = ds.index_table()
         missing = [c for c in ("split", "length", "first_step", "step_file", "step_offset") if c not in table.column_names]
         if missing:
             raise DatasetError(f"{index_file}: columns {missing} are missing (converted without a step index?)")

@@ -28,6 +28,23 @@ otherwise). It iterates :class:`~rldskit.episode.Episode` s, and :meth:`DatasetD
 reports every missing, corrupt, miscounted or undecodable shard as an
 :class:`~rldskit.issues.Issue` naming the file (and the byte offset or record index).
 A folder that is not a TFDS dataset raises :class:`DatasetError` saying what was expected.
+
+**The folder has one owner.** This module alone knows the names of a dataset version folder's
+own files and how to read them: :class:`DatasetLayout` (the base of :class:`DatasetDir`, usable
+on a folder that is not, or not yet, a finished dataset) gives their paths (``info_path``,
+``features_path``, ``spec_path``, ``index_path``, ``manifest_path``, ``stats_path``), whether the
+folder is finished (``is_finished``: ``dataset_info.json`` is there) and their readers
+(:meth:`~DatasetLayout.index_table`, the one reader of ``episodes.parquet``, also behind
+:meth:`DatasetDir.index` and :class:`~rldskit.formats.step_index.StepIndex`;
+:meth:`~DatasetLayout.stats`; :meth:`~DatasetLayout.manifest`). Besides the shards and
+``steps/``, a converted folder may hold:
+
+* ``episodes.parquet``: the step index (one row per episode; written by the converter).
+* ``manifest.json``: the conversion's inputs, outputs and quarantine (written by the converter).
+* ``stats.json``: per-feature statistics (written by ``rldskit stats``).
+
+:func:`is_finished` and :func:`finished_versions` answer "is this folder a finished dataset"
+and "which version folders under a base are" for code that has no :class:`DatasetDir` yet.
 """
 
 from __future__ import annotations
@@ -46,9 +63,10 @@ from rldskit.spec import EpisodeSpec, SpecError
 if TYPE_CHECKING:
     from rldskit.validation import Gates, Report
 
-__all__ = ["DatasetDir", "DatasetError", "open_dataset", "is_dataset_dir", "shard_name", "write_tfds_metadata",
-           "FILE_FORMATS", "DATASET_INFO_FILE", "FEATURES_FILE", "SPEC_FILE", "EPISODE_INDEX_FILE",
-           "STATS_FILE"]
+__all__ = ["DatasetDir", "DatasetLayout", "DatasetError", "open_dataset", "is_dataset_dir", "is_finished",
+           "finished_versions", "read_index_table", "shard_name", "write_tfds_metadata", "FILE_FORMATS",
+           "DATASET_INFO_FILE", "FEATURES_FILE", "SPEC_FILE", "EPISODE_INDEX_FILE", "STATS_FILE", "MANIFEST_FILE",
+           "LAYOUT_FILES"]
 
 #: The record file formats rldskit reads and writes (TFDS ``FileFormat`` values).
 FILE_FORMATS = ("tfrecord", "array_record")
@@ -59,6 +77,10 @@ SPEC_FILE = "rldskit_spec.json"
 EPISODE_INDEX_FILE = "episodes.parquet"
 #: Per-feature statistics beside the shards (``rldskit stats`` writes it; the loaders normalise with it).
 STATS_FILE = "stats.json"
+#: The conversion's record (inputs, outputs with sha256, quarantine) written by the converter.
+MANIFEST_FILE = "manifest.json"
+#: The dataset folder's own files (besides the shards and ``steps/``), in no particular order.
+LAYOUT_FILES = (DATASET_INFO_FILE, FEATURES_FILE, SPEC_FILE, EPISODE_INDEX_FILE, MANIFEST_FILE, STATS_FILE)
 #: TFDS's default shard file template (``tfds.core.naming.DEFAULT_FILENAME_TEMPLATE``).
 FILEPATH_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 _TFRECORD_OVERHEAD = 16  # bytes of framing per TFRecord record (length, 2 CRCs)
@@ -215,10 +237,117 @@ def _read_json(path: Path, what: str) -> Any:
         raise DatasetError(f"{path}: not valid JSON: {e}") from None
 
 
+# =========================================================================== the layout
+
+
+def read_index_table(path: str | os.PathLike, columns: Sequence[str] | None = None):  # -> pyarrow.Table
+    """The step index file at ``path`` (an ``episodes.parquet``) as a ``pyarrow.Table``, all its
+    columns or only ``columns``. The one reader of that file: :meth:`DatasetLayout.index_table`,
+    :class:`~rldskit.formats.step_index.StepIndex`, the statistics and the report go through it
+    (polars users convert the table with ``polars.from_arrow``). pyarrow's errors pass through
+    unchanged (``OSError`` for I/O, ``pyarrow.ArrowInvalid``, a ``ValueError``, for a file that is
+    not parquet or lacks a column), so each caller words its own message."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=None if columns is None else list(columns))
+
+
+def _read_optional_json(path: Path) -> Any | None:
+    """The JSON document at ``path``, or ``None`` when no such file exists. ``OSError`` when it
+    cannot be read, ``ValueError`` (``json.JSONDecodeError``, ``UnicodeDecodeError``) when it is
+    not JSON."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_bytes())
+
+
+class DatasetLayout:
+    """Where the files of a dataset version folder are, and how to read them (see the module
+    docstring, *The folder has one owner*). Any folder, finished or not: the converter uses it
+    on the folder it is writing. :class:`DatasetDir` is one, for a dataset that opened."""
+
+    def __init__(self, path: str | os.PathLike):
+        #: the version folder (``<data_dir>/<name>/<version>/``)
+        self.path = Path(path)
+
+    @property
+    def info_path(self) -> Path:
+        """``dataset_info.json``: written last, so its presence marks a finished dataset."""
+        return self.path / DATASET_INFO_FILE
+
+    @property
+    def features_path(self) -> Path:
+        """``features.json``: the TFDS feature tree."""
+        return self.path / FEATURES_FILE
+
+    @property
+    def spec_path(self) -> Path:
+        """``rldskit_spec.json``: the exact :class:`~rldskit.spec.EpisodeSpec` (rldskit's datasets only)."""
+        return self.path / SPEC_FILE
+
+    @property
+    def index_path(self) -> Path:
+        """``episodes.parquet``: the step index (one row per episode)."""
+        return self.path / EPISODE_INDEX_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        """``manifest.json``: what the conversion read, wrote and quarantined."""
+        return self.path / MANIFEST_FILE
+
+    @property
+    def stats_path(self) -> Path:
+        """``stats.json``: per-feature statistics (``rldskit stats``)."""
+        return self.path / STATS_FILE
+
+    @property
+    def is_finished(self) -> bool:
+        """True when ``dataset_info.json`` is there (a conversion writes it last)."""
+        return self.info_path.is_file()
+
+    @property
+    def has_index(self) -> bool:
+        """True when the folder holds a step index file."""
+        return self.index_path.is_file()
+
+    def index_table(self, columns: Sequence[str] | None = None):  # -> pyarrow.Table
+        """The step index as a ``pyarrow.Table`` (:func:`read_index_table`: pyarrow's errors, and
+        ``FileNotFoundError`` when there is none)."""
+        return read_index_table(self.index_path, columns)
+
+    def stats(self) -> Any | None:
+        """The parsed ``stats.json``, or ``None`` when there is none. ``OSError`` when it cannot
+        be read, ``ValueError`` when it is not JSON; what it must hold is the reader's business."""
+        return _read_optional_json(self.stats_path)
+
+    def manifest(self) -> Any | None:
+        """The parsed ``manifest.json``, or ``None`` when there is none. ``OSError`` when it
+        cannot be read, ``ValueError`` when it is not JSON."""
+        return _read_optional_json(self.manifest_path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+def is_finished(path: str | os.PathLike) -> bool:
+    """True when the folder ``path`` is a finished dataset version folder (``dataset_info.json``
+    is in it). Nothing is parsed: :func:`open_dataset` says whether it is readable."""
+    return DatasetLayout(path).is_finished
+
+
+def finished_versions(base: str | os.PathLike) -> list[Path]:
+    """The finished version folders directly under ``base`` (``<data_dir>/<name>/``), sorted by
+    path; ``[]`` when ``base`` is not a folder."""
+    b = Path(base)
+    if not b.is_dir():
+        return []
+    return sorted(p for p in b.iterdir() if p.is_dir() and is_finished(p))
+
+
 # =========================================================================== reading
 
 
-class DatasetDir:
+class DatasetDir(DatasetLayout):
     """One TFDS RLDS dataset on disk (see the module docstring). Build with :func:`open_dataset`.
 
     ``splits`` maps each split to its shard paths in the primary ``file_format``;
@@ -226,7 +355,7 @@ class DatasetDir:
     until :meth:`episodes`, :meth:`num_steps`, :meth:`verify` or :meth:`validate` is called."""
 
     def __init__(self, path: Path, info: Mapping[str, Any], spec: EpisodeSpec, spec_source: str):
-        self.path = path
+        super().__init__(path)
         self.info = info
         self.spec = spec
         #: where the spec came from: ``rldskit_spec.json``, ``features.json`` or ``argument``
@@ -356,13 +485,10 @@ class DatasetDir:
     def _index_steps(self) -> dict[str, int] | None:
         """Steps per split from ``episodes.parquet``, or ``None`` when it is absent or unusable
         (pyarrow missing, no ``split``/``length`` columns, episode counts differing from the shards')."""
-        index = self.path / EPISODE_INDEX_FILE
-        if not index.is_file():
+        if not self.has_index:
             return None
         try:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(index, columns=["split", "length"]).to_pydict()
+            table = self.index_table(["split", "length"]).to_pydict()
         except (ImportError, OSError, ValueError, KeyError):
             return None
         steps: dict[str, int] = {}
@@ -373,6 +499,14 @@ class DatasetDir:
         if any(episodes.get(s, 0) != self.num_episodes(s) for s in self._lengths):
             return None
         return steps
+
+    def index(self, split: str = "train"):  # -> rldskit.formats.step_index.StepIndex
+        """The step index of ``split`` in RAM: :meth:`StepIndex.from_dataset
+        <rldskit.formats.step_index.StepIndex.from_dataset>` (``DatasetError`` when the dataset has
+        no step index, ``KeyError`` for an unknown split)."""
+        from rldskit.formats.step_index import StepIndex
+
+        return StepIndex.from_dataset(self, split)
 
     # ------------------------------------------------------------------ checking
 
