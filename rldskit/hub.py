@@ -85,6 +85,7 @@ from typing import Any
 
 import numpy as np
 
+from rldskit.formats.tfds_dir import LAYOUT_FILES, MANIFEST_FILE, STATS_FILE, DatasetLayout
 from rldskit.spec import EpisodeSpec, Image, Text
 
 __all__ = ["dataset_card", "parquet_view", "hf_features", "to_hf_dataset", "stage", "push", "pull", "register_cli",
@@ -92,8 +93,6 @@ __all__ = ["dataset_card", "parquet_view", "hf_features", "to_hf_dataset", "stag
 
 PARQUET_DIR = "parquet"
 CARD_FILE = "README.md"
-STATS_FILE = "stats.json"
-MANIFEST_FILE = "manifest.json"
 #: columns of the parquet view before the step features
 RESERVED_COLUMNS = ("episode_id", "episode_index", "step", "global_step")
 #: steps per parquet row group and per batched StepSource read
@@ -108,8 +107,8 @@ _HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 _BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;}]+")
 _HUB_URL = "https://huggingface.co/datasets/{}"
 #: repo paths of the layout rldskit writes (anchored at the repo root): the only ones a push deletes
-_MANAGED_RE = re.compile(r"(?:dataset_info|features|rldskit_spec|manifest|stats)\.json|episodes\.parquet"
-                         r"|[^/]+-[^/]+\.(?:tfrecord|array_record)-\d{5}-of-\d{5}"
+_MANAGED_RE = re.compile("|".join(map(re.escape, LAYOUT_FILES))
+                         + r"|[^/]+-[^/]+\.(?:tfrecord|array_record)-\d{5}-of-\d{5}"
                          r"|steps/[^/]+\.steps\.array_record-\d{5}-\d{3}"
                          r"|parquet/[^/]+-\d{5}-of-\d{5}\.parquet")
 
@@ -459,14 +458,11 @@ def _names_str(leaf: Any, limit: int = 12) -> str:
     return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
 
 
-def _read_stats(version_dir: Path) -> dict[str, dict[str, Any]] | None:
+def _read_stats(ds: DatasetLayout) -> dict[str, dict[str, Any]] | None:
     """``stats.json`` as ``{feature: {"mean", "std", "min", "max", ...}}`` (also accepted under a
     top-level ``"features"`` or ``"stats"`` key), or ``None``. Unreadable files are ignored."""
-    f = version_dir / STATS_FILE
-    if not f.is_file():
-        return None
     try:
-        obj = json.loads(f.read_text(encoding="utf-8"))
+        obj = ds.stats()
     except (OSError, ValueError):
         return None
     if isinstance(obj, dict):
@@ -514,12 +510,12 @@ def _provenance(ds: Any) -> tuple[Counter, Counter, Counter, int, int]:
     return tags, envs, roles, n, terminal
 
 
-def _conversion_line(version_dir: Path) -> str | None:
+def _conversion_line(ds: DatasetLayout) -> str | None:
     """What ``manifest.json`` says about the conversion, for the card: counts and the sources by
     the names the manifest records them under (never a local path; a manifest without ``roots``,
     whose inputs may carry absolute paths, gives the counts only). ``None`` without a manifest."""
     try:
-        m = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        m = ds.manifest()
         counts = m["counts"]
         line = (f"Converted by rldskit from {int(counts['inputs'])} input episodes: {int(counts['written'])} written, "
                 f"{int(counts['quarantined'])} quarantined (listed with their reasons in `{MANIFEST_FILE}`)")
@@ -586,7 +582,7 @@ def dataset_card(path: str | os.PathLike, *, license: str | None = None, repo_id
             md.append(f"| `{_md(p)}` | {_md(_dtype_str(leaf))} | {_shape_str(leaf)} | {_md(leaf.description)} |")
     md.append("")
 
-    stats = _read_stats(ds.path)
+    stats = _read_stats(ds)
     md += ["## Statistics", ""]
     if stats:
         md += [f"Per-feature statistics over all steps (from `{STATS_FILE}`):", "",
@@ -599,7 +595,7 @@ def dataset_card(path: str | os.PathLike, *, license: str | None = None, repo_id
     md.append("")
 
     md += ["## Provenance", "", f"{n_eps} episodes: {n_term} terminal, {n_eps - n_term} not terminal (truncated).", ""]
-    conv = _conversion_line(ds.path)
+    conv = _conversion_line(ds)
     if conv:
         md += [conv, ""]
     if envs:
@@ -883,10 +879,9 @@ def _verify(out: Path, partial: bool, source: str) -> Path:
     ds = _open(out)
     problems = [f"{i.code}: {i.message} ({i.episode})" for i in ds.verify(decode=False)
                 if not (partial and i.code == "SHARD_MISSING")]
-    manifest = ds.path / MANIFEST_FILE
-    if manifest.is_file():
+    if ds.manifest_path.is_file():
         try:
-            outputs = json.loads(manifest.read_text(encoding="utf-8")).get("outputs", [])
+            outputs = ds.manifest().get("outputs", [])
         except (OSError, ValueError, AttributeError):
             outputs = []
             problems.append(f"{MANIFEST_FILE} is not readable JSON")

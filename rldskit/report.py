@@ -66,8 +66,6 @@ __all__ = ["build_report", "register_cli", "EmptyDatasetError", "REPORT_FILE", "
 REPORT_FILE = "index.html"
 #: a small JSON file that marks a folder as an rldskit report (so it may be replaced)
 REPORT_MARKER = ".rldskit-report.json"
-STATS_FILE = "stats.json"
-MANIFEST_FILE = "manifest.json"
 PRESENT_SUFFIX = "_present"
 
 _MAX_ELEMENTS = 24  # subplots per feature figure
@@ -106,21 +104,19 @@ class _Data:
 
 def _load(path: str | os.PathLike, split: str | None) -> _Data:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from rldskit.formats.tfds_dir import EPISODE_INDEX_FILE, DatasetError, open_dataset
-    from rldskit.loaders import StepIndex
+    from rldskit.formats.tfds_dir import EPISODE_INDEX_FILE, MANIFEST_FILE, STATS_FILE, DatasetError, open_dataset
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such dataset folder")
     ds = open_dataset(p)
-    index_file = ds.path / EPISODE_INDEX_FILE
-    if not index_file.is_file():
+    index_file = ds.index_path
+    if not ds.has_index:
         raise DatasetError(f"{ds.path}: no {EPISODE_INDEX_FILE} (converted without a step index?); the report reads "
                            f"the step-major layout: rldskit convert SOURCES --out DATA --name NAME")
     try:
-        table = pq.read_table(index_file, columns=["split", "length"])
+        table = ds.index_table(["split", "length"])
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:
         raise DatasetError(f"{index_file}: not a readable step index: {e}") from None
     splits: dict[str, tuple[int, int]] = {}
@@ -136,13 +132,13 @@ def _load(path: str | os.PathLike, split: str | None) -> _Data:
         raise KeyError(f"{ds.path}: no split {split!r} in {EPISODE_INDEX_FILE}; it has {', '.join(sorted(splits))}")
     if splits[split][1] == 0:
         raise EmptyDatasetError(f"{index_file}: split {split!r} has no steps; nothing to report")
-    index = StepIndex.load(ds.path, split)
+    index = ds.index(split)
 
     manifest, manifest_note = None, None
-    mf = ds.path / MANIFEST_FILE
+    mf = ds.manifest_path
     if mf.is_file():
         try:
-            manifest = json.loads(mf.read_bytes())
+            manifest = ds.manifest()
             if not isinstance(manifest, dict):
                 manifest, manifest_note = None, f"{mf}: not a JSON object; conversion counts and quarantine not shown"
         except (OSError, ValueError) as e:
@@ -151,16 +147,15 @@ def _load(path: str | os.PathLike, split: str | None) -> _Data:
         manifest_note = f"no {MANIFEST_FILE} (not converted by rldskit?): conversion counts and quarantine unknown"
 
     stats, source = None, ""
-    sf = ds.path / STATS_FILE
-    if sf.is_file():
+    if ds.stats_path.is_file():
         try:
-            stats = _known_stats(json.loads(sf.read_bytes()))
+            stats = _known_stats(ds.stats())
             source = f"{STATS_FILE} beside the dataset" if stats else f"{STATS_FILE} has no per-feature statistics; "
         except (OSError, ValueError):
             source = f"{STATS_FILE} is unreadable; "
     if stats is None:
         stats = _compute_stats(index)
-        source += f"computed from episodes.parquet (split {split!r})"
+        source += f"computed from {EPISODE_INDEX_FILE} (split {split!r})"
     return _Data(ds, index, split, splits, manifest, manifest_note, stats, source)
 
 

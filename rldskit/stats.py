@@ -1,8 +1,9 @@
 """Dataset statistics from ``episodes.parquet``, computed with polars, written as ``stats.json``.
 
 :func:`dataset_stats` reads the step index the converter writes beside a dataset's shards (one
-row per episode; every low-dimensional step feature a list column with one value per step) with
-one lazy polars scan, explodes the list columns to one row per step and aggregates them in a few
+row per episode; every low-dimensional step feature a list column with one value per step) once,
+through the dataset layout's one reader (:meth:`~rldskit.formats.tfds_dir.DatasetLayout.index_table`,
+a pyarrow table handed to polars with ``polars.from_arrow``), explodes the list columns to one row per step and aggregates them in a few
 vectorised queries run together (no Python loop over episodes or steps for the numbers):
 
 * **Per step feature** (keys are the flat step paths, values shaped like the feature: a number for
@@ -54,6 +55,9 @@ from typing import Any
 
 import numpy as np
 
+from rldskit.formats.step_index import EPISODE_ROW_COLUMNS
+from rldskit.formats.tfds_dir import STATS_FILE, DatasetLayout  # noqa: F401  (STATS_FILE: re-exported)
+
 __all__ = ["dataset_stats", "write_stats", "format_table", "register_cli", "cmd_stats", "StatsError",
            "EmptyDatasetError", "QUANTILES", "QUANTILE_METHOD", "DATASET_KEY", "DEFAULT_BY"]
 
@@ -65,10 +69,8 @@ QUANTILE_METHOD = "linear"
 DATASET_KEY = "_dataset"
 #: default breakdowns; skipped quietly when the spec has no such metadata (foreign datasets)
 DEFAULT_BY = ("tag", "control_role")
-STATS_FILE = "stats.json"  # = rldskit.loaders.STATS_FILE (not imported: that would import Grain)
-#: episodes.parquet columns describing the episode (= rldskit.loaders.grain._ROW_COLUMNS)
-_ROW_COLUMNS = ("episode_id", "split", "episode_index", "shard", "shard_record", "length", "first_step", "terminal",
-                "source", "step_file", "step_offset")
+#: episodes.parquet columns describing the episode (the step index's own)
+_ROW_COLUMNS = EPISODE_ROW_COLUMNS
 _HIST_BINS = 10
 _META_BATCH = 256  # episode records read per call when decoding metadata
 
@@ -159,11 +161,11 @@ def _polars_errors(pl) -> tuple[type[BaseException], ...]:
 
 def _open(path: str | Path):
     """``(DatasetDir, episodes.parquet path)`` or :class:`StatsError`."""
-    from rldskit.formats.tfds_dir import EPISODE_INDEX_FILE, DatasetError, open_dataset
+    from rldskit.formats.tfds_dir import DatasetError, open_dataset
     from rldskit.spec import SpecError
 
-    def missing(version_dir: Path) -> StatsError:
-        return StatsError(f"{version_dir / EPISODE_INDEX_FILE}: missing; statistics are computed from the step "
+    def missing(ds: DatasetLayout) -> StatsError:
+        return StatsError(f"{ds.index_path}: missing; statistics are computed from the step "
                           "index rldskit convert writes beside the shards (convert this dataset with rldskit first)")
 
     try:
@@ -173,17 +175,16 @@ def _open(path: str | Path):
             other = open_dataset(path, last_step="valid")
         except (DatasetError, SpecError, OSError):
             raise StatsError(str(e)) from None
-        if not (other.path / EPISODE_INDEX_FILE).is_file():
-            raise missing(other.path) from None
+        if not other.has_index:
+            raise missing(other) from None
         raise StatsError(str(e)) from None
     except DatasetError as e:
         raise StatsError(str(e)) from None
     except OSError as e:
         raise StatsError(f"{path}: cannot read: {e}") from None
-    index_file = ds.path / EPISODE_INDEX_FILE
-    if not index_file.is_file():
-        raise missing(ds.path)
-    return ds, index_file
+    if not ds.has_index:
+        raise missing(ds)
+    return ds, ds.index_path
 
 
 class _Feature:
@@ -231,17 +232,18 @@ def _features(spec: Any, schema: Mapping[str, Any], index_file: Path) -> list[_F
     return out
 
 
-def _read(index_file: Path, split: str | None, columns: list[str]):
+def _read(index: Any, index_file: Path, split: str | None, columns: list[str]):
+    """``columns`` of the rows of ``split`` (all rows when ``None``) of the step index ``index``
+    (the polars frame of :func:`_load_index`)."""
     pl = _polars()
     errors = _polars_errors(pl)
     try:
-        lf = pl.scan_parquet(index_file)
+        lf = index.lazy()
         if split is not None:
             lf = lf.filter(pl.col("split") == split)
         df = lf.select(columns).collect()
         if split is not None and df.height == 0:
-            splits = sorted(pl.scan_parquet(index_file).select(pl.col("split").unique()).collect()
-                            .get_column("split").drop_nulls().to_list())
+            splits = sorted(index.select(pl.col("split").unique()).get_column("split").drop_nulls().to_list())
             raise EmptyDatasetError(f"{index_file}: split {split!r} has no episodes "
                                     f"(the dataset has {', '.join(splits) if splits else 'none'})")
     except errors as e:
@@ -249,12 +251,23 @@ def _read(index_file: Path, split: str | None, columns: list[str]):
     return df
 
 
-def _schema(index_file: Path) -> dict[str, Any]:
+def _load_index(ds: Any, index_file: Path):
+    """The whole step index of ``ds`` as a polars DataFrame: the layout's one pyarrow table
+    (:meth:`~rldskit.formats.tfds_dir.DatasetLayout.index_table`) through ``polars.from_arrow``."""
+    import pyarrow as pa
+
     pl = _polars()
     try:
-        return dict(pl.read_parquet_schema(index_file))
-    except _polars_errors(pl) as e:
+        table = ds.index_table()
+    except (OSError, ValueError, pa.ArrowException) as e:
         raise StatsError(f"{index_file}: not a readable parquet file: {_first_line(e)}") from None
+    try:
+        frame = pl.from_arrow(table)
+    except (*_polars_errors(pl), TypeError, ValueError, pa.ArrowException) as e:
+        raise StatsError(f"{index_file}: not a readable parquet file: {_first_line(e)}") from None
+    if not isinstance(frame, pl.DataFrame):  # pragma: no cover - from_arrow of a Table is a DataFrame
+        raise StatsError(f"{index_file}: not a readable parquet file: not a table")
+    return frame
 
 
 # =========================================================================== the queries
@@ -365,7 +378,7 @@ def _read_metadata(ds: Any, df, keys: set[str]) -> list[dict[str, Any]]:
 
     for c in ("shard", "shard_record"):
         if c not in df.columns:
-            raise StatsError(f"{ds.path / 'episodes.parquet'}: no {c!r} column, so episode metadata cannot be found")
+            raise StatsError(f"{ds.index_path}: no {c!r} column, so episode metadata cannot be found")
     spec = ds.spec
     leaves = {k: spec.metadata_leaves[k] for k in keys}
     for k in list(leaves):
@@ -502,13 +515,14 @@ def _compute(path: str | Path, *, split: str | None, by: Sequence[str],
         by = (by,)
     ds, index_file = _open(path)
     spec = ds.spec
-    schema = _schema(index_file)
+    index = _load_index(ds, index_file)
+    schema = dict(index.schema)
     missing = [c for c in ("split", "length") if c not in schema]
     if missing:
         raise StatsError(f"{index_file}: columns {missing} are missing (not an rldskit step index?)")
     feats = _features(spec, schema, index_file)
     row_cols = [c for c in _ROW_COLUMNS if c in schema]
-    df = _read(index_file, split, row_cols + [f.path for f in feats])
+    df = _read(index, index_file, split, row_cols + [f.path for f in feats])
 
     try:
         df = df.with_columns(pl.col("length").cast(pl.Int64))
@@ -635,7 +649,7 @@ def dataset_stats(path: str | Path, *, split: str | None = None, by: Sequence[st
 def _write(version_dir: Path, stats: Mapping[str, Any]) -> Path:
     from rldskit._io import atomic_write_bytes
 
-    target = Path(version_dir) / STATS_FILE
+    target = DatasetLayout(version_dir).stats_path
     atomic_write_bytes(target, (json.dumps(stats, indent=1, allow_nan=False) + "\n").encode())
     return target
 
@@ -792,7 +806,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         try:
             written = _write(version_dir, stats)
         except OSError as e:
-            print(f"rldskit stats: error: cannot write {Path(version_dir) / STATS_FILE}: {e}", file=sys.stderr)
+            print(f"rldskit stats: error: cannot write {DatasetLayout(version_dir).stats_path}: {e}", file=sys.stderr)
             return 2
     if args.json:
         print(json.dumps(stats, indent=1, allow_nan=False))

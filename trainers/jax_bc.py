@@ -300,8 +300,10 @@ def _check_data(cfg: TrainConfig) -> None:
     if not p.is_dir():
         raise FileNotFoundError(f"{cfg.data}: no such dataset folder (expected an `rldskit convert` output "
                                 "version folder, e.g. data/<name>/<version>)")
-    if not (p / "episodes.parquet").is_file() and not any(p.glob("*/episodes.parquet")):
-        raise FileNotFoundError(f"{cfg.data}: not a converted rldskit dataset (no episodes.parquet)")
+    from rldskit.formats.tfds_dir import EPISODE_INDEX_FILE, DatasetLayout
+
+    if not DatasetLayout(p).has_index and not any(p.glob(f"*/{EPISODE_INDEX_FILE}")):
+        raise FileNotFoundError(f"{cfg.data}: not a converted rldskit dataset (no {EPISODE_INDEX_FILE})")
 
 
 def _dataset_info(cfg: TrainConfig, io: common.PolicyIO) -> dict[str, Any]:

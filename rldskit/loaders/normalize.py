@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from rldskit.formats.step_index import StepIndex
-from rldskit.formats.tfds_dir import STATS_FILE
+from rldskit.formats.tfds_dir import STATS_FILE, DatasetLayout
 from rldskit.spec import PRESENT_SUFFIX
 
 __all__ = ["Normalizer", "compute_stats", "feature_moments", "load_stats", "resolve_stats", "STATS_FILE"]
@@ -102,7 +102,7 @@ def load_stats(dataset_path: str | os.PathLike) -> dict[str, dict[str, Any]] | N
     """The :data:`STATS_FILE` beside a dataset version folder (or the file itself), or ``None``
     when there is none. Raises ``ValueError`` for a file that is not a statistics mapping."""
     p = Path(dataset_path)
-    f = p / STATS_FILE if p.is_dir() else p
+    f = DatasetLayout(p).stats_path if p.is_dir() else p
     if not f.is_file():
         return None
     try:
@@ -128,7 +128,7 @@ def resolve_stats(index: StepIndex, keys: Sequence[str], stats: Mapping | str | 
     if stats is not None:
         return stats, "stats argument"
     if (st := load_stats(index.path)) is not None:
-        return st, str(index.path / STATS_FILE)
+        return st, str(DatasetLayout(index.path).stats_path)
     if train is None:
         train = index if index.split == "train" else StepIndex.load(index.path, "train")
     return compute_stats(train, keys), f"train split of {index.path.name} (computed)"

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rldskit._io import atomic_write_bytes
+from rldskit.formats.tfds_dir import MANIFEST_FILE, DatasetLayout, finished_versions, is_finished
 from rldskit.spec import EpisodeSpec
 
 __all__ = ["InputItem", "ShardPlan", "ConvertOptions", "ConversionError", "plan_conversion", "finalize", "WORK_DIR",
@@ -46,7 +47,6 @@ __all__ = ["InputItem", "ShardPlan", "ConvertOptions", "ConversionError", "plan_
            "write_manifest", "MANIFEST_FILE", "MANIFEST_FORMAT"]
 
 WORK_DIR = ".rldskit_work"
-MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "rldskit.dataset/1"
 STEPS_DIR = "steps"
 FORMATS = ("tfrecord", "array_record")
@@ -145,8 +145,7 @@ def _tree_size(p: Path) -> int:
 
 
 def _is_tfds_dir(p: Path) -> bool:
-    return (p / "dataset_info.json").is_file() or any(
-        (c / "dataset_info.json").is_file() for c in (p.iterdir() if p.is_dir() else []) if c.is_dir())
+    return is_finished(p) or bool(finished_versions(p))
 
 
 def root_names(sources: Sequence[str | Path]) -> list[str]:
@@ -245,7 +244,7 @@ def prepare_output(out_dir: Path, overwrite: bool) -> None:
     """Make ``out_dir`` ready: refuse to replace a finished dataset unless ``overwrite``;
     clear an unfinished one (a killed run) so the rerun starts clean."""
     if out_dir.exists():
-        finished = (out_dir / "dataset_info.json").exists()
+        finished = DatasetLayout(out_dir).info_path.exists()
         if finished and not overwrite:
             raise ConversionError(f"{out_dir} already holds a finished dataset; pass --overwrite to replace it")
         shutil.rmtree(out_dir)
@@ -392,7 +391,7 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 def write_manifest(out_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
     """Write ``manifest`` as ``<out_dir>/manifest.json`` atomically; returns the file."""
-    path = Path(out_dir) / MANIFEST_FILE
+    path = DatasetLayout(out_dir).manifest_path
     atomic_write_bytes(path, manifest_bytes(manifest))
     return path
 
@@ -445,4 +444,4 @@ def _write_episode_index(out: Path, opts: ConvertOptions, infos: Sequence[dict[s
             table = table.append_column(name, low.column(name))
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="zstd")
-    atomic_write_bytes(out / "episodes.parquet", buf.getvalue().to_pybytes())
+    atomic_write_bytes(DatasetLayout(out).index_path, buf.getvalue().to_pybytes())
