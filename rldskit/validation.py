@@ -24,7 +24,7 @@ import json
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,7 +32,10 @@ from rldskit.episode import Episode, LazyFrames
 from rldskit.issues import ERROR, WARNING, Issue, issue
 from rldskit.spec import FLAG_KEYS, PRESENT_SUFFIX, EpisodeSpec, Image, SpecError, Text
 
-__all__ = ["Gates", "Report", "validate", "validate_paths", "check_image_bytes"]
+if TYPE_CHECKING:
+    from rldskit.formats.tfds_dir import DatasetDir
+
+__all__ = ["Gates", "Report", "validate", "validate_dataset", "validate_paths", "check_image_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,6 +472,34 @@ def _check_images(col: Any, leaf: Image, present: np.ndarray | None, label: str,
 
 
 # =========================================================================== datasets
+
+
+def validate_dataset(ds: DatasetDir, gates: Gates | None = None) -> Report:
+    """Validate a TFDS dataset folder (an opened :class:`~rldskit.formats.tfds_dir.DatasetDir`):
+    every problem :meth:`~rldskit.formats.tfds_dir.DatasetDir.verify` finds in every file format,
+    plus :func:`validate` of every decoded episode (primary format) against the dataset's spec and
+    ``gates``, plus the dataset-level gates (``min_episodes``; unique ``episode_id`` when the spec
+    has rldskit's standard metadata, whose ``episode_id`` is unique by contract). Each episode is
+    labelled ``<shard file>#<record>``."""
+    gates = gates or Gates()
+    report = Report()
+    ids: dict[str, str] = {}
+    for item in ds.scan(decode=True, episodes_of=ds.file_format):
+        if isinstance(item, Issue):
+            report.issues.append(item)
+            continue
+        label, ep = item
+        report.merge(validate(ep, ds.spec, gates, label=label))
+        if gates.unique_episode_ids and ds.spec.standard_metadata and ep.episode_id:
+            if ep.episode_id in ids:
+                report.issues.append(issue("DUPLICATE_EPISODE_ID", label, f"episode_id {ep.episode_id!r} is also "
+                                                                          f"used by {ids[ep.episode_id]}",
+                                           field="episode_id"))
+            ids.setdefault(ep.episode_id, label)
+    if report.episodes < gates.min_episodes:
+        report.issues.append(issue("TOO_FEW_EPISODES", str(ds.path), f"{report.episodes} readable episodes; "
+                                                                     f"the gate asks for at least {gates.min_episodes}"))
+    return report
 
 
 def _validate_one(args: tuple[str, EpisodeSpec | None, Gates, bool]) -> tuple[Report, str | None]:

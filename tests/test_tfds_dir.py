@@ -23,6 +23,7 @@ from rldskit.formats.tfds_dir import (DatasetError, is_dataset_dir, open_dataset
                                       write_tfds_metadata)
 from rldskit.spec import EpisodeSpec, Image, SpecError, Text, load_spec
 from rldskit.synth import write_synthetic
+from rldskit.validation import validate_dataset
 
 from shared_fixtures import BRIDGE  # noqa: E402
 needs_bridge = pytest.mark.skipif(not BRIDGE.is_dir(), reason=f"shared Open-X fixture absent: {BRIDGE}")
@@ -152,7 +153,7 @@ def test_open_reads_our_dataset_exactly_in_both_formats(ours, source):
             assert_episodes_equal(a, b)
     assert [e.episode_id for e in ds.episodes("val")] == [e.episode_id for e in eps[3:]]
     assert ds.verify() == []
-    report = ds.validate()
+    report = validate_dataset(ds)
     assert report.ok and report.episodes == 5 and report.steps == 40, report.format_table()
     assert open_dataset(ours, last_step=spec.last_step).spec == spec
     with pytest.raises(SpecError, match="contradicts"):
@@ -244,7 +245,7 @@ def test_faults_in_a_tfrecord_dataset_are_reported_with_file_and_offset(tmp_path
     assert issues[0].episode == str(train)
     assert f"byte offset {offset}" in issues[0].message and "record 3" in issues[0].message
     assert len(list(ds.episodes("val"))) == 25  # the other split is intact
-    report = ds.validate()
+    report = validate_dataset(ds)
     assert report.episodes == 49  # every record but the corrupt one was still checked
 
     val_size = val.stat().st_size

@@ -352,7 +352,8 @@ class DatasetDir(DatasetLayout):
 
     ``splits`` maps each split to its shard paths in the primary ``file_format``;
     :meth:`shards` gives them for any of ``file_formats``. Nothing is read from the shards
-    until :meth:`episodes`, :meth:`num_steps`, :meth:`verify` or :meth:`validate` is called."""
+    until :meth:`episodes`, :meth:`num_steps`, :meth:`scan` or :meth:`verify` is called
+    (:func:`rldskit.validation.validate_dataset` validates the episodes against the spec)."""
 
     def __init__(self, path: Path, info: Mapping[str, Any], spec: EpisodeSpec, spec_source: str):
         super().__init__(path)
@@ -510,9 +511,12 @@ class DatasetDir(DatasetLayout):
 
     # ------------------------------------------------------------------ checking
 
-    def _scan(self, decode: bool, wanted: str | None) -> Iterator[Issue | tuple[str, Episode]]:
-        """Check every shard of every format; yield each problem as an :class:`Issue` and,
-        for the ``wanted`` format, each intact episode as ``(label, episode)``."""
+    def scan(self, *, decode: bool = True, episodes_of: str | None = None) -> Iterator[Issue | tuple[str, Episode]]:
+        """Check every shard of every format against ``dataset_info.json``, in order: yield each
+        problem as an :class:`~rldskit.issues.Issue` (the codes of :meth:`verify`) and, for the
+        format ``episodes_of`` (none by default), each intact decoded episode as ``(label,
+        episode)``, ``label`` being ``<shard file>#<record>``. ``decode=False`` checks the framing
+        and the counts only (no ``RECORD_UNDECODABLE``, no episodes)."""
         from rldskit.formats.tfexample import ExampleDecodeError, decode_episode
 
         for fmt in self.file_formats:
@@ -543,7 +547,7 @@ class DatasetDir(DatasetLayout):
                             yield issue("RECORD_UNDECODABLE", str(shard), f"record {index}{at} is not an episode of "
                                                                           f"{self.spec.id}: {e}")
                             continue
-                        if fmt == wanted:
+                        if fmt == episodes_of:
                             yield f"{shard.name}#{index}", ep
                     if not damaged and intact != expected:
                         yield issue("SHARD_COUNT_MISMATCH", str(shard),
@@ -556,35 +560,15 @@ class DatasetDir(DatasetLayout):
         ``SHARD_COUNT_MISMATCH`` (an intact shard holds another number of records than
         ``shardLengths`` says) and, with ``decode``, ``RECORD_UNDECODABLE`` (a record is not an
         episode of the spec, with its index). An empty list means every record is sound."""
-        return [x for x in self._scan(decode, None) if isinstance(x, Issue)]
+        return [x for x in self.scan(decode=decode) if isinstance(x, Issue)]
 
     def validate(self, gates: Gates | None = None) -> Report:
-        """:meth:`verify` plus :func:`rldskit.validation.validate` of every decoded episode
-        (primary format) against the dataset's spec and ``gates``, plus the dataset-level
-        gates (``min_episodes``; unique ``episode_id`` when the spec has rldskit's standard
-        metadata, whose ``episode_id`` is unique by contract). Returns a
-        :class:`~rldskit.validation.Report`; each episode is labelled ``<shard file>#<record>``."""
-        from rldskit.validation import Gates, Report, validate
+        """Deprecated: call :func:`rldskit.validation.validate_dataset` (``validate_dataset(self,
+        gates)``), which this calls. Kept so that callers of the method go on working; the
+        validation rules live in :mod:`rldskit.validation`, above this format layer."""
+        from rldskit.validation import validate_dataset
 
-        gates = gates or Gates()
-        report = Report()
-        ids: dict[str, str] = {}
-        for item in self._scan(True, self.file_format):
-            if isinstance(item, Issue):
-                report.issues.append(item)
-                continue
-            label, ep = item
-            report.merge(validate(ep, self.spec, gates, label=label))
-            if gates.unique_episode_ids and self.spec.standard_metadata and ep.episode_id:
-                if ep.episode_id in ids:
-                    report.issues.append(issue("DUPLICATE_EPISODE_ID", label, f"episode_id {ep.episode_id!r} is also "
-                                                                              f"used by {ids[ep.episode_id]}",
-                                               field="episode_id"))
-                ids.setdefault(ep.episode_id, label)
-        if report.episodes < gates.min_episodes:
-            report.issues.append(issue("TOO_FEW_EPISODES", str(self.path), f"{report.episodes} readable episodes; "
-                                                                           f"the gate asks for at least {gates.min_episodes}"))
-        return report
+        return validate_dataset(self, gates)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.num_episodes(s)}" for s in self._lengths)
