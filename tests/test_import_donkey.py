@@ -1,4 +1,5 @@
-"""Jetson -> Pi migration: Donkeycar v2 tubs and older RLDS JSON (rldskit.importers.donkey)."""
+"""Jetson -> Pi migration: Donkeycar v2 tubs (rldskit.importers.donkey) and older RLDS JSON
+(rldskit.importers.rlds_json), with the report they share (rldskit.importers.migration)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from fuzzing import examples
 from PIL import Image
 
 from rldskit.formats.capture_dir import read_episode
-from rldskit.importers.donkey import (
-    REPORT_FILE, MigrationError, add_import_parser, import_donkey, migrate_rlds_json)
+from rldskit.importers import donkey, rlds_json
+from rldskit.importers.donkey import import_donkey
+from rldskit.importers.migration import REPORT_FILE, MigrationError
+from rldskit.importers.rlds_json import migrate_rlds_json
 from rldskit.issues import CODES
 from rldskit.spec import load_spec
 from rldskit.validation import validate_paths
@@ -87,7 +90,8 @@ def _assert_valid(path: str, allow=()) -> None:
 def _cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="kind", required=True)
-    add_import_parser(sub)
+    donkey.add_import_parser(sub)
+    rlds_json.add_import_parser(sub)
     args = ap.parse_args(argv)
     return args.func(args)
 

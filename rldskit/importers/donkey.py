@@ -1,15 +1,13 @@
-"""Jetson -> Pi migration: Donkeycar v2 tubs and older RLDS JSON episodes into a Pi layout.
+"""Jetson -> Pi migration of Donkeycar v2 tubs into a Pi layout.
 
-Two entry points, both writing capture-layout episodes (:class:`rldskit.capture.EpisodeLogger`)
+:func:`import_donkey` writes capture-layout episodes (:class:`rldskit.capture.EpisodeLogger`)
 for the target spec (default ``pi5_donkey.v1``) under ``out/``, plus
-``out/migration_report.json`` (written atomically) describing every source episode. The report
-holds no local absolute path: each input is named relative to the path given (a tub by its
-folder name, a JSON episode as ``<folder given>/<path inside>`` or its file name) with a sha256
-digest of the files read from it (:class:`SourceResult`), and episode paths are relative to the
-report's folder:
+``out/migration_report.json`` (:class:`rldskit.importers.migration.MigrationReport`; a tub is
+named by its folder name, with a sha256 digest of the files read from it). Older single-file
+RLDS JSON episodes are migrated by :mod:`rldskit.importers.rlds_json`.
 
-* :func:`import_donkey` reads Donkeycar 4.x/5.x "tub v2" folders
-  (``donkeycar/parts/tub_v2.py`` + ``datastore_v2.py``)::
+It reads Donkeycar 4.x/5.x "tub v2" folders (``donkeycar/parts/tub_v2.py`` +
+``datastore_v2.py``)::
 
       <tub>/manifest.json          line 1 inputs   ["cam/image_array", "user/angle", ...]
                                    line 2 types    ["image_array", "float", ...]
@@ -21,10 +19,6 @@ report's folder:
                                    "_session_id", "_timestamp_ms" and the inputs
       <tub>/catalog_N.catalog_manifest   line lengths (not needed, not read)
       <tub>/images/<index>_cam_image_array_.jpg
-
-* :func:`migrate_rlds_json` reads single-file JSON episodes captured on the Jetson under an
-  older schema (``{"metadata": {...}, "steps": [...]}`` or the ``*.jsonl`` variant) and
-  rewrites their keys with a small mapping file (format below).
 
 Donkeycar tub -> pi5_donkey mapping
 -----------------------------------
@@ -91,65 +85,28 @@ Damage policy (consistent for every kind of record damage)
   skew of a real tub are reported as warnings only.
 * An unreadable or malformed ``manifest.json`` is a usage error: :class:`MigrationError`
   is raised before anything is written (CLI exit 2).
-
-RLDS JSON mapping file
-----------------------
-A JSON object; every key is optional::
-
-    {
-      "rename":   {"observation/camera": "observation/image",
-                   "action/steering_angle": "action[0]", "action/throttle": "action[1]",
-                   "timestamp_ms": "timestamp/control", "mode": "control_mode"},
-      "units":    {"action[0]": {"scale": 0.0333}, "timestamp/control": {"scale": 0.001}},
-      "defaults": {"control_mode": "user", "reward": 0.0, "discount": 1.0},
-      "copy":     {"timestamp/camera": "timestamp/control"},
-      "drop":     ["observation/debug_text"],
-      "values":   {"control_mode": {"human": "user", "auto": "pilot"}},
-      "last_step": "valid",
-      "metadata": {"rename": {"car": "vehicle_id"}, "defaults": {"environment_id": "track"}}
-    }
-
-Paths are ``/``-separated keys into the step; a trailing ``[i]`` addresses one element of a
-list. Order per step: ``rename`` (source path -> target path), then source leaves not
-renamed or dropped are kept when the target declares the same path (others are reported as
-unmapped), then ``values`` (text value renames), ``units`` (``v * scale + offset``, on target
-paths), ``defaults`` (for absent target paths), ``copy`` (target <- another target path).
-``"last_step": "rlds"`` drops the observation-only final step of an RLDS-style source (the
-Pi layout's last step is a real one). Images are paths relative to the episode file's folder
-or ``{"$base64": ...}`` and are resized like tub frames. Every timestamp stream must come from
-the source (a missing one is never filled with the migration time). Any step that the target
-refuses quarantines the whole file (a mapping error hits every step; importing half an
-episode would hide it).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
-import hashlib
 import io
 import json
 import math
-import os
-import re
 import shutil
 import sys
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rldskit._io import atomic_write_bytes
-from rldskit.issues import CODES
+from rldskit.importers.migration import (
+    MAX_DROPPED_LISTED, Digest, EpisodeResult, Frames, MigrationError, MigrationReport, SourceResult, add_count,
+    finite, issue, load_target, make_logger, mark_quarantined, print_report, unique_id, validate_written)
 
-__all__ = ["import_donkey", "migrate_rlds_json", "MigrationReport", "EpisodeResult", "SourceResult", "MigrationError",
-           "add_import_parser", "DEFAULT_TUB_KEYS", "DEFAULT_MODES", "REPORT_FILE", "MIN_TIMESTAMP_MS",
+__all__ = ["import_donkey", "add_import_parser", "DEFAULT_TUB_KEYS", "DEFAULT_MODES", "MIN_TIMESTAMP_MS",
            "MAX_TIMESTAMP_MS"]
 
-REPORT_FILE = "migration_report.json"
-REPORT_FORMAT = "rldskit.migration_report/1"
-JPEG_QUALITY = 90
 DEFAULT_TUB_KEYS = {"image": "cam/image_array", "angle": "user/angle", "throttle": "user/throttle",
                     "mode": "user/mode", "pilot_angle": "pilot/angle", "pilot_throttle": "pilot/throttle"}
 #: Donkeycar ``user/mode`` -> (control_mode, steering source, throttle source)
@@ -159,270 +116,11 @@ DEFAULT_MODES: dict[str, tuple[str, str, str]] = {
     "local": ("pilot", "pilot", "pilot"),
     "pilot": ("pilot", "pilot", "pilot"),
 }
-_WARN_ONLY = {"RATE_OUT_OF_BAND", "TIMESTAMP_SKEW"}
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_DROPPED_LISTED = 200
 #: A Donkeycar record's ``_timestamp_ms`` is wall-clock time (``time.time() * 1000``); outside
 #: [2000-01-01, 2100-01-01) UTC it is an unset clock, a 0 or garbage, and the record is dropped.
 MIN_TIMESTAMP_MS = 946_684_800_000
 MAX_TIMESTAMP_MS = 4_102_444_800_000
-
-
-class MigrationError(ValueError):
-    """The migration cannot start: bad manifest, bad mapping, refused resize, bad target."""
-
-
-# ---------------------------------------------------------------- report
-
-def _issue(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """A report entry for one problem: its project issue code (:data:`rldskit.issues.CODES`), that
-    code's severity, a message saying what was expected, and where (catalog, line, index, field)."""
-    if code not in CODES:
-        raise KeyError(f"unknown issue code {code!r}")
-    return {"code": code, "severity": CODES[code][0], "message": message, **extra}
-
-
-def _add(counts: dict[str, int], code: str, n: int = 1) -> None:
-    if n:
-        counts[code] = counts.get(code, 0) + n
-
-
-@dataclasses.dataclass
-class EpisodeResult:
-    """What happened to one source episode (a tub session or a JSON file).
-
-    ``source`` names the input relative to the path given (the tub folder's name, or
-    ``<folder>/<file>``), never with the local folders above it. ``path`` is where the episode
-    was written (in memory as written; in the report file, relative to the report's folder).
-    For a tub session ``source_records == steps + sum(dropped_by_reason.values())``: every
-    record of the session is a step of the written episode or counted under a reason code
-    (``dropped`` lists the first records with their catalog line; records of a quarantined or
-    already existing episode count as ``EPISODE_QUARANTINED`` / ``EPISODE_EXISTS``).
-    """
-
-    source: str
-    episode_id: str | None = None
-    status: str = "imported"  # "imported" | "quarantined" | "exists" (left alone)
-    path: str | None = None
-    reason: str | None = None
-    session_id: str | None = None
-    steps: int = 0
-    source_records: int = 0
-    gaps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    dropped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    dropped_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
-    resize: dict[str, Any] | None = None
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    issues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    def note(self, code: str, message: str, **extra: Any) -> None:
-        self.issues.append(_issue(code, message, **extra))
-
-
-@dataclasses.dataclass
-class SourceResult:
-    """One input as the report records it: its name relative to the path given on the command
-    line (no local folders), and ``sha256``, the digest of the ``sha256sum``-style listing
-    (``<hex>  <path>\\n`` per file, sorted by path, paths relative to the tub folder or the
-    episode file's folder) of every file the import read from it (``files`` of them).
-
-    For a Donkeycar tub, the accounting of its catalog lines (non-blank lines of every catalog
-    the manifest names): ``lines_in == imported_steps + dropped`` and ``dropped ==
-    sum(dropped_by_reason.values())``. Lines dropped before they could join a session (torn or
-    corrupt lines, bad or conflicting indexes, duplicates, no session id) are listed in
-    ``dropped_records`` (catalog, line, code, message; the first 200); the rest are counted in
-    their episode's ``dropped_by_reason``. ``issues`` holds tub-level findings that drop nothing
-    (``INDEX_OUT_OF_ORDER``) or lose a whole catalog (``CATALOG_MISSING``). For RLDS JSON files
-    the accounting fields are ``None`` (a file is imported or quarantined whole).
-    """
-
-    source: str
-    sha256: str | None = None
-    files: int = 0
-    lines_in: int | None = None
-    imported_steps: int | None = None
-    dropped: int | None = None
-    dropped_by_reason: dict[str, int] | None = None
-    dropped_records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    issues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    def note(self, code: str, message: str, **extra: Any) -> None:
-        self.issues.append(_issue(code, message, **extra))
-
-    def drop(self, code: str, catalog: str, line: int, message: str, **extra: Any) -> None:
-        """Count one catalog line dropped before it joined a session (and list the first ones)."""
-        assert self.dropped_by_reason is not None
-        _add(self.dropped_by_reason, code)
-        if len(self.dropped_records) < _MAX_DROPPED_LISTED:
-            self.dropped_records.append(_issue(code, message, catalog=catalog, line=line, **extra))
-
-
-class _Digest:
-    """sha256 of a sha256sum-style listing of the files an import read (see :class:`SourceResult`)."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, str] = {}
-
-    def add(self, rel: str, data: bytes) -> None:
-        self.files[rel] = hashlib.sha256(data).hexdigest()
-
-    def hexdigest(self) -> str | None:
-        if not self.files:
-            return None
-        listing = "".join(f"{self.files[k]}  {k}\n" for k in sorted(self.files))
-        return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def _display_name(p: Path) -> str:
-    """The name an input is recorded under: its own name, without the folders above it."""
-    return p.name or p.resolve().name or "."
-
-
-@dataclasses.dataclass
-class MigrationReport:
-    """JSON-able record of a migration; ``write()`` puts it at ``out/migration_report.json``.
-
-    The written report holds no local absolute path: inputs are named relative to the paths
-    given (``sources``: name, sha256 digest, and for tubs the line accounting), episode paths
-    are relative to the report's folder (``out`` is written as ``"."``), and any path of an
-    input root or of ``out`` that a message quotes is rewritten the same way. The summary
-    adds, for tubs, ``lines_in``, ``imported_steps``, ``dropped`` and ``dropped_by_reason``
-    over all sources (``lines_in == imported_steps + dropped``).
-    """
-
-    source_kind: str
-    target: str
-    out: str
-    sources: list[SourceResult] = dataclasses.field(default_factory=list)
-    episodes: list[EpisodeResult] = dataclasses.field(default_factory=list)
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    created_at: float = dataclasses.field(default_factory=time.time)
-    #: local path prefix -> the name written instead (input roots, the output folder)
-    scrub: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
-
-    def hide(self, path: str | Path, name: str) -> None:
-        """Write ``name`` wherever a message would quote the local path ``path`` (as given and resolved)."""
-        for cand in {str(path), str(Path(path).resolve())}:
-            if os.path.isabs(cand) and cand != os.sep:
-                self.scrub[cand.rstrip(os.sep)] = name
-
-    @property
-    def imported(self) -> list[EpisodeResult]:
-        return [e for e in self.episodes if e.status == "imported"]
-
-    @property
-    def quarantined(self) -> list[EpisodeResult]:
-        return [e for e in self.episodes if e.status == "quarantined"]
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.quarantined else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("scrub")
-        d = {"format": REPORT_FORMAT, **d}
-        d["out"] = "."
-        out_abs = Path(self.out).resolve()
-        for e in d["episodes"]:
-            if e["path"]:
-                try:
-                    e["path"] = Path(e["path"]).resolve().relative_to(out_abs).as_posix()
-                except ValueError:
-                    pass
-        d["summary"] = {"episodes": len(self.episodes), "imported": len(self.imported),
-                        "quarantined": len(self.quarantined),
-                        "steps": sum(e.steps for e in self.imported),
-                        "gaps": sum(len(e.gaps) for e in self.imported)}
-        counted = [s for s in self.sources if s.lines_in is not None]
-        if counted:
-            by_reason: dict[str, int] = {}
-            for s in counted:
-                for code, n in (s.dropped_by_reason or {}).items():
-                    _add(by_reason, code, n)
-            d["summary"].update({"lines_in": sum(s.lines_in or 0 for s in counted),
-                                 "imported_steps": sum(s.imported_steps or 0 for s in counted),
-                                 "dropped": sum(s.dropped or 0 for s in counted),
-                                 "dropped_by_reason": dict(sorted(by_reason.items()))})
-        return _scrub(d, self.scrub)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, ensure_ascii=False, default=str, allow_nan=False)
-
-    def write(self, path: str | Path | None = None) -> Path:
-        p = Path(path) if path is not None else Path(self.out) / REPORT_FILE
-        atomic_write_bytes(p, self.to_json().encode())
-        return p
-
-
-def _scrub(obj: Any, names: Mapping[str, str]) -> Any:
-    """``obj`` with every string's occurrences of a path in ``names`` replaced by its name."""
-    if not names:
-        return obj
-    pattern = re.compile("(" + "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True)) + r")(?=[/\\\s'\"),:;\]]|$)")
-
-    def walk(x: Any) -> Any:
-        if isinstance(x, str):
-            return pattern.sub(lambda m: names[m.group(1)], x)
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        return x
-
-    return walk(obj)
-
-
-# ---------------------------------------------------------------- images
-
-class _Frames:
-    """Decode, check and (when allowed) resize frames to the target image leaf."""
-
-    def __init__(self, leaf: Any, resize: bool):
-        self.h, self.w, self.c = leaf.shape
-        self.encoding = leaf.encoding
-        self.resize = resize
-        self.sizes: dict[tuple[int, int], int] = {}
-
-    def convert(self, data: bytes) -> tuple[bytes | None, str | None]:
-        """Returns ``(encoded bytes, None)`` or ``(None, reason)``."""
-        from PIL import Image as PILImage
-
-        try:
-            img = PILImage.open(io.BytesIO(data))
-            fmt = img.format
-            img.load()
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad frame
-            return None, f"undecodable image: {type(e).__name__}: {e}"[:200]
-        w, h = img.size
-        if (h, w) != (self.h, self.w):
-            if not self.resize:
-                return None, f"frame is {h}x{w}, target is {self.h}x{self.w} and resizing is off"
-            self.sizes[(h, w)] = self.sizes.get((h, w), 0) + 1
-        want_mode = "L" if self.c == 1 else "RGB"
-        if (h, w) == (self.h, self.w) and img.mode == want_mode and (fmt or "").lower() == self.encoding:
-            return data, None
-        try:
-            img = img.convert(want_mode)
-            if (h, w) != (self.h, self.w):
-                img = img.resize((self.w, self.h), PILImage.BILINEAR)
-            buf = io.BytesIO()
-            if self.encoding == "jpeg":
-                img.save(buf, format="JPEG", quality=JPEG_QUALITY)
-            else:
-                img.save(buf, format="PNG")
-        except Exception as e:  # noqa: BLE001
-            return None, f"cannot re-encode image: {type(e).__name__}: {e}"[:200]
-        return buf.getvalue(), None
-
-    def resize_record(self, count_frames: int) -> dict[str, Any] | None:
-        if not self.sizes:
-            return None
-        src = max(self.sizes, key=self.sizes.get)  # type: ignore[arg-type]
-        return {"from": list(src), "to": [self.h, self.w], "frames": sum(self.sizes.values()),
-                "of_frames": count_frames, "method": "PIL bilinear, JPEG quality %d" % JPEG_QUALITY,
-                "sizes": {f"{h}x{w}": n for (h, w), n in sorted(self.sizes.items())}}
+_MISSING = object()
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
@@ -435,85 +133,8 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-# ---------------------------------------------------------------- shared writing
-
-def _load_target(target: str) -> Any:
-    from rldskit.spec import Image, SpecError, load_spec
-
-    try:
-        spec = load_spec(target)
-    except (SpecError, OSError, ValueError) as e:
-        raise MigrationError(f"target spec {target!r}: {e}") from None
-    images = [p for p, leaf in spec.step_leaves.items() if isinstance(leaf, Image)]
-    if "observation/image" not in images:
-        raise MigrationError(f"target {target} has no observation/image to receive camera frames (images: {images})")
-    if spec.last_step != "valid":
-        raise MigrationError(f"target {target} declares last_step={spec.last_step!r}; migration writes real last steps only")
-    return spec
-
-
-def _make_logger(out: Path, spec: Any, clock: Any) -> Any:
-    from rldskit.capture import EpisodeLogger
-
-    try:
-        return EpisodeLogger(out, spec, clock=clock)
-    except (ValueError, OSError) as e:
-        raise MigrationError(f"cannot write into {out}: {e}") from None
-
-
-def _validate_written(path: Path, spec: Any, res: EpisodeResult) -> bool:
-    """Validate one written episode; rate/skew problems become warnings. False = quarantine."""
-    from rldskit.validation import Gates, validate_paths
-
-    rep = validate_paths([path], spec, Gates(check_images=True))
-    hard = []
-    for i in rep.issues:
-        if i.code in _WARN_ONLY:
-            res.warnings.append(f"{i.code}: {i.message} (kept: a real recording's rate/clock)")
-        elif i.severity == "error":
-            hard.append(f"{i.code}" + (f" step {i.step}" if i.step is not None else "") + f": {i.message}")
-        else:
-            res.warnings.append(f"{i.code}: {i.message}")
-    if hard:
-        res.status = "quarantined"
-        res.reason = "fails validation: " + "; ".join(hard[:5])
-        shutil.rmtree(path, ignore_errors=True)
-        res.path = None
-        return False
-    return True
-
-
-def _quarantine(res: EpisodeResult, reason: str) -> None:
-    res.status = "quarantined"
-    res.reason = reason
-    res.path = None
-
-
-def _unique_id(base: str, out: Path, used: set[str], suffix: str) -> str:
-    eid = _SAFE_ID.sub("_", base).strip("._") or "episode"
-    if eid in used:
-        eid = f"{eid}__{_SAFE_ID.sub('_', suffix).strip('._') or 'x'}"
-    n = 2
-    cand = eid
-    while cand in used:
-        cand = f"{eid}_{n}"
-        n += 1
-    used.add(cand)
-    return cand
-
-
 def _round_or_none(x: float) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
-
-
-def _finite(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        f = float(v)
-    except (OverflowError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 # ---------------------------------------------------------------- donkeycar tubs
@@ -529,7 +150,7 @@ class _Tub:
     catalogs: list[str]
     deleted: set[int]
     current_index: int | None
-    digest: _Digest = dataclasses.field(default_factory=_Digest)
+    digest: Digest = dataclasses.field(default_factory=Digest)
 
 
 @dataclasses.dataclass
@@ -709,7 +330,7 @@ def import_donkey(tub_paths: str | Path | Sequence[str | Path], out: str | Path,
     if isinstance(tub_paths, (str, Path)):
         tub_paths = [tub_paths]
     out = Path(out)
-    spec = _load_target(target)
+    spec = load_target(target)
     mapping = dict(mapping or {})
     keys = dict(DEFAULT_TUB_KEYS)
     modes = dict(DEFAULT_MODES)
@@ -741,7 +362,7 @@ def import_donkey(tub_paths: str | Path | Sequence[str | Path], out: str | Path,
         for k in ("angle", "throttle"):
             if keys[k] not in t.inputs:
                 raise MigrationError(f"{t.path}/manifest.json: no {keys[k]!r} input (inputs: {t.inputs})")
-    frames = _Frames(spec.leaf("observation/image"), resize)
+    frames = Frames(spec.leaf("observation/image"), resize)
     if not resize:
         for t in tubs:
             first = next(iter(sorted((t.path / "images").glob("*.jpg"))), None) if (t.path / "images").is_dir() else None
@@ -766,7 +387,7 @@ def import_donkey(tub_paths: str | Path | Sequence[str | Path], out: str | Path,
     ]
     clock_state = {"t": 0.0}
     out.mkdir(parents=True, exist_ok=True)
-    logger = _make_logger(out, spec, lambda: clock_state["t"])
+    logger = make_logger(out, spec, lambda: clock_state["t"])
     used: set[str] = set()
     for t in tubs:
         _import_tub(t, out, spec, logger, report, keys, modes, executed, frames, environment_id, used, clock_state,
@@ -776,7 +397,7 @@ def import_donkey(tub_paths: str | Path | Sequence[str | Path], out: str | Path,
 
 
 def _import_tub(t: _Tub, out: Path, spec: Any, logger: Any, report: MigrationReport, keys: dict[str, str],
-                modes: dict[str, tuple[str, str, str]], executed: str, frames: _Frames, environment_id: str,
+                modes: dict[str, tuple[str, str, str]], executed: str, frames: Frames, environment_id: str,
                 used: set[str], clock_state: dict[str, float], has_policy: bool, has_mode: bool) -> None:
     src = SourceResult(t.name, lines_in=0, imported_steps=0, dropped=0, dropped_by_reason={})
     report.sources.append(src)
@@ -810,7 +431,7 @@ def _import_tub(t: _Tub, out: Path, spec: Any, logger: Any, report: MigrationRep
     tub_episodes: list[EpisodeResult] = []
     if not sessions:
         res = EpisodeResult(source=t.name, session_id=None)
-        _quarantine(res, "the tub holds no usable records (see the source's dropped_records)" if src.lines_in
+        mark_quarantined(res, "the tub holds no usable records (see the source's dropped_records)" if src.lines_in
                     else "the tub holds no records")
         report.episodes.append(res)
         tub_episodes.append(res)
@@ -836,7 +457,7 @@ def _close_accounting(src: SourceResult, episodes: list[EpisodeResult], report: 
                                f"{len(src.dropped_records)} are listed in dropped_records")
     for e in episodes:
         for code, n in e.dropped_by_reason.items():
-            _add(src.dropped_by_reason, code, n)
+            add_count(src.dropped_by_reason, code, n)
     src.dropped_by_reason = dict(sorted(src.dropped_by_reason.items()))
     src.imported_steps = sum(e.steps for e in episodes if e.status == "imported")
     src.dropped = sum(src.dropped_by_reason.values())
@@ -846,12 +467,12 @@ def _close_accounting(src: SourceResult, episodes: list[EpisodeResult], report: 
 
 
 def _num(rec: Mapping[str, Any], key: str) -> float | None:
-    return _finite(rec.get(key))
+    return finite(rec.get(key))
 
 
 def _import_session(t: _Tub, sid: str, recs: list[_Rec], res: EpisodeResult, out: Path, spec: Any,
                     logger: Any, keys: dict[str, str], modes: dict[str, tuple[str, str, str]], executed: str,
-                    frames: _Frames, environment_id: str, used: set[str], clock_state: dict[str, float],
+                    frames: Frames, environment_id: str, used: set[str], clock_state: dict[str, float],
                     has_policy: bool, has_mode: bool, index_reasons: dict[int, str]) -> None:
     """Turn one session's records into an episode. Every record ends as a step or in
     ``res.dropped_by_reason`` (its own reason, or ``EPISODE_QUARANTINED`` / ``EPISODE_EXISTS``)."""
@@ -866,8 +487,8 @@ def _import_session(t: _Tub, sid: str, recs: list[_Rec], res: EpisodeResult, out
 
         def drop(code: str, msg: str, field: str | None = None) -> None:
             extra = {"field": field} if field else {}
-            dropped.append(_issue(code, msg, index=idx, catalog=rr.catalog, line=rr.line, **extra))
-            _add(res.dropped_by_reason, code)
+            dropped.append(issue(code, msg, index=idx, catalog=rr.catalog, line=rr.line, **extra))
+            add_count(res.dropped_by_reason, code)
             index_reasons[idx] = code
 
         if idx in t.deleted:
@@ -927,9 +548,9 @@ def _import_session(t: _Tub, sid: str, recs: list[_Rec], res: EpisodeResult, out
                       "mode": cm, "policy": policy})
     if policy_oob:
         res.warnings.append(f"{policy_oob} steps have pilot values outside [-1, 1]: policy_action left absent there")
-    res.dropped = dropped[:_MAX_DROPPED_LISTED]
-    if len(dropped) > _MAX_DROPPED_LISTED:
-        res.warnings.append(f"{len(dropped)} records dropped; the first {_MAX_DROPPED_LISTED} are listed")
+    res.dropped = dropped[:MAX_DROPPED_LISTED]
+    if len(dropped) > MAX_DROPPED_LISTED:
+        res.warnings.append(f"{len(dropped)} records dropped; the first {MAX_DROPPED_LISTED} are listed")
     # gaps between kept steps (source indexes missing in between, with the reason when known)
     for k in range(1, len(steps)):
         a, b = steps[k - 1]["index"], steps[k]["index"]
@@ -943,8 +564,8 @@ def _import_session(t: _Tub, sid: str, recs: list[_Rec], res: EpisodeResult, out
     res.resize = frames.resize_record(len(steps))
 
     def quarantine(reason: str) -> None:
-        _quarantine(res, reason)
-        _add(res.dropped_by_reason, "EPISODE_QUARANTINED", len(steps))
+        mark_quarantined(res, reason)
+        add_count(res.dropped_by_reason, "EPISODE_QUARANTINED", len(steps))
 
     if unknown_modes:
         quarantine(f"unknown {keys['mode']} values {unknown_modes}: map them with mapping={{'modes': {{...: 'user'|'pilot'|'teleop'}}}}")
@@ -967,13 +588,13 @@ def _import_session(t: _Tub, sid: str, recs: list[_Rec], res: EpisodeResult, out
         if med > 0 and spec.rate_hz and not spec.rate_hz[0] <= 1.0 / med <= spec.rate_hz[1]:
             res.warnings.append(f"median rate {1.0 / med:.2f} Hz is outside {spec.id}'s band {list(spec.rate_hz)} Hz "
                                 "(DRIVE_LOOP_HZ on the Jetson?)")
-    eid = _unique_id(sid, out, used, t.name)
+    eid = unique_id(sid, out, used, t.name)
     res.episode_id = eid
     if (out / eid).exists():
         res.status = "exists"
         res.path = str(out / eid)
         res.reason = "an episode of this id is already in the output folder; left unchanged"
-        _add(res.dropped_by_reason, "EPISODE_EXISTS", len(steps))
+        add_count(res.dropped_by_reason, "EPISODE_EXISTS", len(steps))
         return
     tags = ["origin:jetson", "migrated_from:donkeycar_tub_v2", f"source_tub:{t.name}"]
     clock_state["t"] = ts[0]
@@ -998,415 +619,12 @@ def _import_session(t: _Tub, sid: str, recs: list[_Rec], res: EpisodeResult, out
         return
     res.path = str(path)
     res.steps = len(steps)
-    if not _validate_written(Path(path), spec, res):
+    if not validate_written(Path(path), spec, res):
         res.steps = 0
-        _add(res.dropped_by_reason, "EPISODE_QUARANTINED", len(steps))
-
-
-# ---------------------------------------------------------------- RLDS JSON
-
-_IDX = re.compile(r"^(.*)\[(\d+)\]$")
-
-
-def _split(path: str) -> tuple[list[str], int | None]:
-    m = _IDX.match(path)
-    base, idx = (m.group(1), int(m.group(2))) if m else (path, None)
-    parts = [p for p in base.split("/") if p]
-    if not parts:
-        raise MigrationError(f"mapping: empty path {path!r}")
-    return parts, idx
-
-
-_MISSING = object()
-
-
-def _get(tree: Any, path: str) -> Any:
-    parts, idx = _split(path)
-    node = tree
-    for p in parts:
-        if not isinstance(node, Mapping) or p not in node:
-            return _MISSING
-        node = node[p]
-    if idx is not None:
-        if not isinstance(node, list) or idx >= len(node):
-            return _MISSING
-        node = node[idx]
-    return node
-
-
-def _set(tree: dict[str, Any], path: str, value: Any) -> None:
-    parts, idx = _split(path)
-    node = tree
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = node[p] = {}
-        node = nxt
-    if idx is None:
-        node[parts[-1]] = value
-    else:
-        lst = node.get(parts[-1])
-        if not isinstance(lst, list):
-            lst = node[parts[-1]] = []
-        while len(lst) <= idx:
-            lst.append(None)
-        lst[idx] = value
-
-
-def _leaves(tree: Any, prefix: str = "") -> Iterable[str]:
-    if isinstance(tree, Mapping) and tree and not (len(tree) == 1 and "$base64" in tree):
-        for k, v in tree.items():
-            yield from _leaves(v, f"{prefix}/{k}" if prefix else str(k))
-    elif prefix:
-        yield prefix
-
-
-def load_mapping(path: str | Path) -> dict[str, Any]:
-    """Read and check a mapping file (format in the module docstring)."""
-    try:
-        m = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise MigrationError(f"mapping file {path}: cannot read it as JSON: {e}") from None
-    if not isinstance(m, dict):
-        raise MigrationError(f"mapping file {path}: must be a JSON object")
-    known = {"rename", "units", "defaults", "copy", "drop", "values", "last_step", "metadata", "format", "description"}
-    if set(m) - known:
-        raise MigrationError(f"mapping file {path}: unknown keys {sorted(set(m) - known)} (known: {sorted(known)})")
-    for k in ("rename", "units", "defaults", "copy", "values"):
-        if not isinstance(m.get(k, {}), dict):
-            raise MigrationError(f"mapping file {path}: {k!r} must be an object")
-    for src, dst in m.get("rename", {}).items():
-        if not isinstance(dst, str):
-            raise MigrationError(f"mapping file {path}: rename[{src!r}] must be a target path string")
-        _split(src), _split(dst)
-    for k, u in m.get("units", {}).items():
-        if not isinstance(u, dict) or set(u) - {"scale", "offset"} or \
-                any(_finite(u.get(x, 0)) is None for x in ("scale", "offset")):
-            raise MigrationError(f"mapping file {path}: units[{k!r}] must be {{'scale': number, 'offset': number}}")
-    for k, v in m.get("copy", {}).items():
-        if not isinstance(v, str):
-            raise MigrationError(f"mapping file {path}: copy[{k!r}] must be a target path string")
-    for k, v in m.get("values", {}).items():
-        if not isinstance(v, dict):
-            raise MigrationError(f"mapping file {path}: values[{k!r}] must map old values to new ones")
-    if not isinstance(m.get("drop", []), list) or not all(isinstance(x, str) for x in m.get("drop", [])):
-        raise MigrationError(f"mapping file {path}: 'drop' must be a list of source paths")
-    if m.get("last_step", "valid") not in ("valid", "rlds"):
-        raise MigrationError(f"mapping file {path}: last_step must be 'valid' or 'rlds'")
-    md = m.get("metadata", {})
-    if not isinstance(md, dict) or set(md) - {"rename", "defaults"} or \
-            not all(isinstance(md.get(k, {}), dict) for k in ("rename", "defaults")):
-        raise MigrationError(f"mapping file {path}: 'metadata' must be {{'rename': {{}}, 'defaults': {{}}}}")
-    return m
-
-
-def _read_json_episode(p: Path, digest: _Digest | None = None) -> tuple[dict[str, Any], list[Any], bool | None]:
-    """(metadata, steps, terminal or None) of a single-file episode; raises ValueError. The file's
-    bytes go into ``digest`` (under its name) once read."""
-    try:
-        raw = p.read_bytes()
-        if digest is not None:
-            digest.add(p.name, raw)
-        if p.name.endswith(".zst"):
-            import zstandard  # type: ignore[import-not-found]
-
-            raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError, ImportError) as e:
-        raise ValueError(f"cannot read {p.name}: {e}") from None
-    if p.suffix == ".json":
-        try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"{p.name} is not valid JSON: {e}"[:300]) from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
-            raise ValueError(f"{p.name}: expected {{'metadata': {{...}}, 'steps': [...]}}")
-        meta = doc.get("metadata") or {}
-        term = doc.get("end", {}).get("terminal") if isinstance(doc.get("end"), dict) else None
-        return (meta if isinstance(meta, dict) else {}), doc["steps"], term if isinstance(term, bool) else None
-    meta: dict[str, Any] = {}
-    steps: list[Any] = []
-    term = None
-    for n, ln in enumerate(text.splitlines()):
-        if not ln.strip():
-            continue
-        try:
-            obj = json.loads(ln)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"{p.name} line {n + 1} is not valid JSON: {e}"[:300]) from None
-        if n == 0 and isinstance(obj, dict) and set(obj) == {"metadata"}:
-            meta = obj["metadata"] if isinstance(obj["metadata"], dict) else {}
-        elif isinstance(obj, dict) and set(obj) == {"end"} and isinstance(obj["end"], dict):
-            t = obj["end"].get("terminal")
-            term = t if isinstance(t, bool) else None
-        else:
-            steps.append(obj)
-    return meta, steps, term
-
-
-def _find_json_episodes(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """Every episode file under ``paths``, with the name the report gives it: the file's own name
-    for a file given, ``<folder name>/<path inside it>`` for a folder given."""
-    found: list[tuple[Path, str]] = []
-    skip = {"schema.json", REPORT_FILE}
-    for raw in paths:
-        p = Path(raw)
-        if not p.exists():
-            raise MigrationError(f"{p} does not exist")
-        cands = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-        for q in cands:
-            if q.name in skip or q.name.startswith("."):
-                continue
-            if q.suffix == ".json" or q.name.endswith((".jsonl", ".jsonl.zst")):
-                name = _display_name(p) if q == p else f"{_display_name(p)}/{q.relative_to(p).as_posix()}"
-                found.append((q, name))
-    if not found:
-        raise MigrationError(f"no *.json / *.jsonl episodes under {', '.join(map(str, paths))}")
-    return found
-
-
-def _load_image(value: Any, base: Path, digest: _Digest | None = None) -> bytes:
-    if isinstance(value, Mapping) and isinstance(value.get("$base64"), str):
-        try:
-            return base64.b64decode(value["$base64"], validate=True)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"bad $base64 image: {e}") from None
-    if isinstance(value, str):
-        q = (base / value).resolve()
-        if not q.is_relative_to(base.resolve()):
-            raise ValueError(f"image path {value!r} leaves the episode's folder")
-        try:
-            data = q.read_bytes()
-        except OSError as e:
-            raise ValueError(f"image {value!r}: {e.strerror or e}") from None
-        if digest is not None:
-            digest.add(q.relative_to(base.resolve()).as_posix(), data)
-        return data
-    raise ValueError(f"image must be a relative file path or {{'$base64': ...}}, got {type(value).__name__}")
-
-
-def _apply_step_mapping(step: Mapping[str, Any], m: Mapping[str, Any], spec_paths: set[str],
-                        unmapped: set[str]) -> dict[str, Any]:
-    rename: Mapping[str, str] = m.get("rename", {})
-    drop = set(m.get("drop", []))
-    new: dict[str, Any] = {}
-    consumed: set[str] = set()
-    for src, dst in rename.items():
-        v = _get(step, src)
-        if v is not _MISSING:
-            _set(new, dst, v)
-            consumed.add("/".join(_split(src)[0]))  # "a/b[0]" consumes the whole a/b
-    from rldskit.spec import FLAG_KEYS
-
-    for leaf in _leaves(step):
-        if leaf in consumed or leaf in drop or leaf in FLAG_KEYS or any(leaf.startswith(c + "/") for c in consumed):
-            continue
-        if leaf in spec_paths and _get(new, leaf) is _MISSING:
-            _set(new, leaf, _get(step, leaf))
-        elif leaf not in spec_paths:
-            unmapped.add(leaf)
-    for path, table in m.get("values", {}).items():
-        v = _get(new, path)
-        if isinstance(v, (str, int, float, bool)) and not isinstance(v, bool) and str(v) in table:
-            _set(new, path, table[str(v)])
-    for path, u in m.get("units", {}).items():
-        v = _get(new, path)
-        if v is _MISSING or v is None:
-            continue
-        scale, offset = float(u.get("scale", 1.0)), float(u.get("offset", 0.0))
-        if isinstance(v, list):
-            _set(new, path, [x * scale + offset if _finite(x) is not None else x for x in v])
-        elif _finite(v) is not None:
-            _set(new, path, v * scale + offset)
-        else:
-            raise ValueError(f"units[{path!r}]: value {v!r:.60} is not a number")
-    for path, dv in m.get("defaults", {}).items():
-        cur = _get(new, path)
-        if cur is _MISSING or cur is None:
-            _set(new, path, dv)
-    for path, src in m.get("copy", {}).items():
-        v = _get(new, src)
-        if v is not _MISSING:
-            _set(new, path, v)
-    return new
-
-
-def migrate_rlds_json(paths: str | Path | Sequence[str | Path], out: str | Path, *, mapping_file: str | Path,
-                      target: str = "pi5_donkey.v1", environment_id: str | None = None,
-                      resize: bool = True) -> MigrationReport:
-    """Rewrite older single-file JSON episodes for ``target`` with the mapping file (format in
-    the module docstring). Raises :class:`MigrationError` for a bad mapping, target or path."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    out = Path(out)
-    spec = _load_target(target)
-    m = load_mapping(mapping_file)
-    files = _find_json_episodes(paths)
-    out_abs = out.resolve()
-    files = [(f, name) for f, name in files if not f.resolve().is_relative_to(out_abs)]
-    spec_paths = set(spec.step_leaves)
-    ts_streams = list(spec.steps.get("timestamp", {}))
-    frames = _Frames(spec.leaf("observation/image"), resize)
-    report = MigrationReport("rlds_json", spec.id, str(out))
-    report.hide(out, ".")
-    for raw_path in paths:
-        report.hide(raw_path, _display_name(Path(raw_path)))
-    mapping_path = Path(mapping_file)
-    report.hide(mapping_path, mapping_path.name)
-    report.notes.append(f"mapping file: {mapping_path.name} (sha256 {hashlib.sha256(mapping_path.read_bytes()).hexdigest()})")
-    clock_state = {"t": 0.0}
-    out.mkdir(parents=True, exist_ok=True)
-    logger = _make_logger(out, spec, lambda: clock_state["t"])
-    used: set[str] = set()
-    mmeta = m.get("metadata", {})
-    for f, name in files:
-        res = EpisodeResult(source=name)
-        report.episodes.append(res)
-        src = SourceResult(name)
-        report.sources.append(src)
-        digest = _Digest()
-        try:
-            _migrate_json_file(f, res, m, mmeta, spec, spec_paths, ts_streams, frames, out, used, logger, clock_state,
-                               environment_id, digest)
-        finally:
-            src.sha256, src.files = digest.hexdigest(), len(digest.files)
-    report.write()
-    return report
-
-
-def _migrate_json_file(f: Path, res: EpisodeResult, m: Mapping[str, Any], mmeta: Mapping[str, Any], spec: Any,
-                       spec_paths: set[str], ts_streams: list[str], frames: _Frames, out: Path, used: set[str],
-                       logger: Any, clock_state: dict[str, float], environment_id: str | None, digest: _Digest) -> None:
-    """Migrate one JSON episode file into ``res`` (imported, exists or quarantined with the reason)."""
-    try:
-        meta, raw_steps, terminal = _read_json_episode(f, digest)
-    except ValueError as e:
-        _quarantine(res, str(e))
-        return
-    for src, dst in mmeta.get("rename", {}).items():
-        if src in meta:
-            meta[dst] = meta.pop(src)
-    for k, v in mmeta.get("defaults", {}).items():
-        meta.setdefault(k, v)
-    res.source_records = len(raw_steps)
-    unmapped: set[str] = set()
-    frames.sizes = {}
-    steps: list[dict[str, Any]] = []
-    err = None
-    if m.get("last_step") == "rlds" and raw_steps:
-        raw_steps = raw_steps[:-1]
-        res.warnings.append("dropped the source's observation-only final step (last_step: rlds)")
-    for i, s in enumerate(raw_steps):
-        if not isinstance(s, dict):
-            err = f"step {i} is not a JSON object"
-            break
-        if i == len(raw_steps) - 1 and terminal is None and isinstance(s.get("is_terminal"), bool):
-            terminal = s["is_terminal"]
-        try:
-            new = _apply_step_mapping(s, m, spec_paths, unmapped)
-            ts = new.get("timestamp") if isinstance(new.get("timestamp"), dict) else {}
-            missing = [k for k in ts_streams if _finite(ts.get(k)) is None]
-            if missing:
-                raise ValueError(f"timestamp/{missing[0]} is missing or not a number after mapping "
-                                 "(map it with rename/copy; it is never filled with the migration time)")
-            obs = dict(new.get("observation") or {})
-            img = obs.get("image", _MISSING)
-            if img is _MISSING or img is None:
-                raise ValueError("observation/image is missing after mapping")
-            enc, why = frames.convert(_load_image(img, f.parent, digest))
-            if enc is None:
-                raise ValueError(f"observation/image: {why}")
-            obs["image"] = enc
-            new["observation"] = obs
-        except ValueError as e:
-            err = f"step {i}: {e}"
-            break
-        steps.append(new)
-    res.resize = frames.resize_record(len(steps))
-    if unmapped:
-        res.warnings.append(f"source keys not mapped and not in {spec.id} (dropped): {sorted(unmapped)[:20]}")
-    if err is None and not steps:
-        err = "no steps"
-    if err is None:
-        tsc = [float(s["timestamp"][ts_streams[0]]) for s in steps] if ts_streams else []
-        back = [k for k in range(1, len(tsc)) if tsc[k] <= tsc[k - 1]]
-        if back:
-            err = f"timestamps go backwards or repeat at {len(back)} steps (first at step {back[0]})"
-    if err is not None:
-        _quarantine(res, err)
-        return
-    base_id = meta.get("episode_id") if isinstance(meta.get("episode_id"), str) and meta.get("episode_id") else \
-        f.name.split(".")[0]
-    eid = _unique_id(base_id, out, used, f.stem)
-    res.episode_id = eid
-    if (out / eid).exists():
-        res.status, res.path = "exists", str(out / eid)
-        res.reason = "an episode of this id is already in the output folder; left unchanged"
-        return
-    schema = meta.get("schema") if isinstance(meta.get("schema"), dict) else {}
-    old = f"{schema.get('name', 'unknown')}@{schema.get('version', '?')}"
-    tags = [str(x) for x in meta.get("tags", []) if isinstance(x, (str, int, float))] \
-        if isinstance(meta.get("tags"), list) else []
-    tags += ["origin:jetson", f"migrated_from:rlds_json:{old}", f"source_file:{f.name}"]
-    extra_meta = {k: meta[k] for k in spec.metadata_leaves if k in meta and not k.endswith("_present") and k not in
-                  ("episode_id", "environment_id", "xr_mode", "control_role", "tags", "start_time")}
-    ignored_meta = sorted(set(meta) - set(spec.metadata_leaves) - {
-        "episode_id", "environment_id", "xr_mode", "control_role", "tags", "format", "schema", "status", "end",
-        "start_time"})
-    if ignored_meta:
-        res.warnings.append(f"metadata keys not declared by {spec.id} (dropped): {ignored_meta[:20]}")
-    env = environment_id if environment_id is not None else str(meta.get("environment_id") or "jetson_migrated")
-    clock_state["t"] = float(steps[0]["timestamp"][ts_streams[0]]) if ts_streams else 0.0
-    try:
-        logger.start_episode(environment_id=env, xr_mode=str(meta.get("xr_mode", "")),
-                             control_role=str(meta.get("control_role", "")), tags=tags, episode_id=eid,
-                             metadata=extra_meta)
-        reserved = {"observation", "action", "reward", "discount", "timestamp"}
-        for k, s in enumerate(steps):
-            if ts_streams:
-                clock_state["t"] = float(s["timestamp"][ts_streams[0]])
-            extras = {x: v for x, v in s.items() if x not in reserved and x in spec.steps}
-            try:
-                logger.log_step(s["observation"], s.get("action"), reward=s.get("reward", 0.0),
-                                discount=s.get("discount", 1.0), timestamps=s.get("timestamp"), extras=extras)
-            except ValueError as e:
-                raise ValueError(f"after mapping: {e}") from None
-        path = logger.end_episode(terminal=bool(terminal))
-    except (ValueError, OSError, TypeError) as e:
-        p = logger.episode_path
-        logger.close()
-        if p is not None:
-            shutil.rmtree(p, ignore_errors=True)
-        _quarantine(res, str(e))
-        return
-    res.path, res.steps = str(path), len(steps)
-    _validate_written(Path(path), spec, res)
+        add_count(res.dropped_by_reason, "EPISODE_QUARANTINED", len(steps))
 
 
 # ---------------------------------------------------------------- CLI
-
-def _print_report(report: MigrationReport, as_json: bool) -> None:
-    if as_json:
-        print(report.to_json())
-        return
-    for e in report.episodes:
-        where = e.path or e.reason or ""
-        extra = f" ({len(e.gaps)} gaps, {len(e.dropped)} dropped)" if e.gaps or e.dropped else ""
-        print(f"{e.status:11} {e.episode_id or e.session_id or '-':28} {e.steps:6d} steps{extra}  {where}")
-        for w in e.warnings:
-            print(f"  warning: {w}")
-    for src in report.sources:
-        if src.lines_in is not None:
-            why = ", ".join(f"{c} {n}" for c, n in (src.dropped_by_reason or {}).items())
-            print(f"{src.source}: {src.lines_in} catalog lines = {src.imported_steps} imported + {src.dropped} dropped"
-                  + (f" ({why})" if why else ""))
-        for i in src.issues:
-            print(f"  {i['severity']}: {i['code']}: {i['message']}")
-    for w in report.warnings:
-        print(f"warning: {w}")
-    print(f"{len(report.imported)} imported, {len(report.quarantined)} quarantined; "
-          f"report: {Path(report.out) / REPORT_FILE}")
-
 
 def cmd_import_donkey(args: argparse.Namespace) -> int:
     try:
@@ -1426,24 +644,13 @@ def cmd_import_donkey(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"rldskit import donkey: {e}", file=sys.stderr)
         return 2
-    _print_report(report, args.json)
-    return report.exit_code
-
-
-def cmd_import_rlds_json(args: argparse.Namespace) -> int:
-    try:
-        report = migrate_rlds_json(args.paths, args.out, mapping_file=args.mapping, target=args.target,
-                                   environment_id=args.environment_id, resize=not args.no_resize)
-    except (MigrationError, OSError) as e:
-        print(f"rldskit import rlds-json: {e}", file=sys.stderr)
-        return 2
-    _print_report(report, args.json)
+    print_report(report, args.json)
     return report.exit_code
 
 
 def add_import_parser(import_subparsers: Any) -> None:
-    """Add ``donkey`` and ``rlds-json`` to an ``import`` sub-command's subparsers. Each sets
-    ``func`` returning the exit code: 0 ok, 1 some episodes quarantined, 2 usage/unreadable."""
+    """Add ``donkey`` to an ``import`` sub-command's subparsers. It sets ``func`` returning the
+    exit code: 0 ok, 1 some episodes quarantined, 2 usage/unreadable."""
     d = import_subparsers.add_parser(
         "donkey", help="import Donkeycar v2 tubs (Jetson) into the Pi layout",
         description="Import Donkeycar 4.x/5.x tubs: one session = one episode; frames resized to the target camera.")
@@ -1455,14 +662,3 @@ def add_import_parser(import_subparsers: Any) -> None:
     d.add_argument("--mapping", metavar="FILE", help="JSON: tub key names and extra drive modes")
     d.add_argument("--json", action="store_true", help="print the migration report as JSON")
     d.set_defaults(func=cmd_import_donkey)
-    r = import_subparsers.add_parser(
-        "rlds-json", help="migrate older single-file JSON episodes with a key mapping",
-        description="Rewrite older-schema JSON episodes for the target spec using a mapping file.")
-    r.add_argument("paths", nargs="+", metavar="PATHS", help="*.json / *.jsonl episodes or folders of them")
-    r.add_argument("--out", required=True, metavar="DIR")
-    r.add_argument("--mapping", required=True, metavar="FILE", help="mapping file (rename/units/defaults/copy/...)")
-    r.add_argument("--target", default="pi5_donkey.v1")
-    r.add_argument("--no-resize", action="store_true")
-    r.add_argument("--environment-id", default=None, help="default: the source metadata's, else jetson_migrated")
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(func=cmd_import_rlds_json)
