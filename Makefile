@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rldskit.demo --out demo_out
+	$(PY) -m rldskit.cli.demo --out demo_out
 
 # Property tests run under the fixed `ci` hypothesis profile (derandomized, no example database): one
 # commit is green or red every time. `make fuzz` explores instead (see tests/fuzzing.py).

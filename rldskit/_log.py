@@ -1,4 +1,4 @@
-"""Quiet by default: what rldskit's programs (the ``rldskit`` CLI, ``python -m rldskit.demo``) let
+"""Quiet by default: what rldskit's programs (the ``rldskit`` CLI, ``python -m rldskit.cli.demo``) let
 the libraries under them print, and ``-v``/``--verbose`` to see everything. Dependency-free.
 
 Three sources of noise, each handled where it starts, and before the heavy imports:

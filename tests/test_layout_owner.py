@@ -3,7 +3,7 @@ files of a converted dataset folder (an AST scan of rldskit/ and trainers/ for t
 constants, with every exception listed and its reason), and ``DatasetLayout``/``DatasetDir``'s
 readers give what the readers they replaced gave (plain pyarrow, polars' own parquet reader,
 ``json.loads`` of the file) on a converted dataset. Dataset validation lives in
-``rldskit.validation``, and ``DatasetDir.validate`` only calls it."""
+``rldskit.validation`` (``validate_dataset``); the format layer has no ``validate``."""
 
 from __future__ import annotations
 
@@ -178,20 +178,17 @@ def test_stats_and_manifest_readers(converted, tmp_path):
     assert copy.manifest() is None
 
 
-def test_validation_is_validations_and_the_method_only_calls_it(converted, tmp_path):
+def test_dataset_validation_lives_in_validation(converted, tmp_path):
     ds = open_dataset(converted)
     report = validate_dataset(ds)
     assert report.ok and report.episodes == 4 and report.steps == 36, report.format_table()
-    assert ds.validate() == report
+    assert not hasattr(ds, "validate")  # the format layer does not validate (rldskit.validation does)
     strict = Gates(min_episodes=5)
-    assert [i.code for i in validate_dataset(ds, strict).issues] == ["TOO_FEW_EPISODES"] == [
-        i.code for i in ds.validate(strict).issues]
-    # a lost shard: the same issues either way, and the other format's episodes still checked
+    assert [i.code for i in validate_dataset(ds, strict).issues] == ["TOO_FEW_EPISODES"]
+    # a lost shard: SHARD_MISSING, and the other format's episodes still checked
     broken = tmp_path / "broken"
     shutil.copytree(converted, broken)
     bds = open_dataset(broken)
     bds.shards("train", "array_record")[0].unlink()
     got = validate_dataset(bds)
     assert "SHARD_MISSING" in [i.code for i in got.issues] and got.episodes == 4
-    assert bds.validate() == got
-    assert DatasetDir.validate.__doc__ and "validate_dataset" in DatasetDir.validate.__doc__

@@ -334,7 +334,7 @@ def test_sources_sharing_a_name_tfds_inputs_and_single_files_are_recorded_apart(
 def test_pipeline_command_outputs_hold_no_local_paths_and_a_moved_rerun_is_up_to_date(captures, tmp_path):
     from helpers_leaks import leaks
 
-    from rldskit.pipeline_cmd import run_pipeline
+    from rldskit.cli.pipeline import run_pipeline
 
     eps = tmp_path / "LEAKROOT_p4" / "eps"
     shutil.copytree(captures, eps)

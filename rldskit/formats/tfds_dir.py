@@ -53,15 +53,12 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rldskit._io import atomic_write_bytes
 from rldskit.episode import Episode
 from rldskit.issues import Issue, issue
 from rldskit.spec import EpisodeSpec, SpecError
-
-if TYPE_CHECKING:
-    from rldskit.validation import Gates, Report
 
 __all__ = ["DatasetDir", "DatasetLayout", "DatasetError", "open_dataset", "is_dataset_dir", "is_finished",
            "finished_versions", "read_index_table", "shard_name", "write_tfds_metadata", "FILE_FORMATS",
@@ -561,14 +558,6 @@ class DatasetDir(DatasetLayout):
         ``shardLengths`` says) and, with ``decode``, ``RECORD_UNDECODABLE`` (a record is not an
         episode of the spec, with its index). An empty list means every record is sound."""
         return [x for x in self.scan(decode=decode) if isinstance(x, Issue)]
-
-    def validate(self, gates: Gates | None = None) -> Report:
-        """Deprecated: call :func:`rldskit.validation.validate_dataset` (``validate_dataset(self,
-        gates)``), which this calls. Kept so that callers of the method go on working; the
-        validation rules live in :mod:`rldskit.validation`, above this format layer."""
-        from rldskit.validation import validate_dataset
-
-        return validate_dataset(self, gates)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.num_episodes(s)}" for s in self._lengths)

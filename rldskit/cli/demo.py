@@ -13,8 +13,8 @@
    chunks, padded and masked at episode edges, images decoded, actions normalised, a goal frame
    drawn from the rest of the episode) through the
    Grain loader and its torch adapter, and a resumed iterator matching the uninterrupted one;
-7. train a small policy on the converted dataset with the trainer this machine suits (torch on a
-   CPU: ``python -m trainers`` picks JAX when an accelerator is present) and export it;
+7. train a small policy on the converted dataset with the torch trainer (``trainers.torch_lora``,
+   on the CPU) and export it;
 8. ship it to a simulated robot with the edge runtime (numpy only): sign a bundle, install it,
    promote it after a health check, replay a recorded episode through policy, safety head and the
    RLDS logger, and show the robot's status;

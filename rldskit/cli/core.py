@@ -1,6 +1,4 @@
-"""The ``rldskit`` command line.
-
-Subcommands (each a thin wrapper over a library function):
+"""The core commands of the ``rldskit`` CLI, each a thin wrapper over a library function:
 
 * ``validate PATH...``: check episodes against their schema and gates. Exit 0 when clean, 1
   on violations, 2 when it cannot run (missing path, unreadable schema or gates). A converted
@@ -8,6 +6,7 @@ Subcommands (each a thin wrapper over a library function):
 * ``inspect DIR``: a TFDS dataset's name, formats, schema, splits, counts and a sample step.
 * ``synth``: write realistic synthetic episodes through the capture logger.
 * ``schema list|show|export NAME``: print built-in schemas or a schema's JSON Schema.
+* ``convert PATH...``: episodes to a TFDS RLDS dataset (TFRecord/ArrayRecord) with Beam.
 * ``recover PATH...``: finish episodes a killed logger left unfinished (marked truncated).
 """
 
@@ -18,39 +17,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 
-EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE = 0, 1, 2
-
-
-class _Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, label: str, enabled: bool):
-        self.label = label
-        self.enabled = enabled
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if done != total and now - self.last < 0.1:
-            return
-        self.last = now
-        width = 30
-        fill = int(width * done / max(total, 1))
-        rate = done / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} ({rate:.0f}/s)")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def _err(msg: str) -> int:
-    print(f"rldskit: error: {msg}", file=sys.stderr)
-    return EXIT_USAGE
+from rldskit.cli.common import EXIT_OK, EXIT_USAGE, EXIT_VIOLATIONS, Progress, error
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -60,7 +28,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = resolve_spec_arg(args.schema)
     except SpecError as e:
-        return _err(str(e))
+        return error(str(e))
     try:
         gates = Gates.load(args.gates) if args.gates else Gates()
         overrides = {}
@@ -77,10 +45,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
             gates = dataclasses.replace(gates, **overrides)
     except ValueError as e:
-        return _err(str(e))
+        return error(str(e))
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
-        return _err(f"path not found: {', '.join(missing)}")
+        return error(f"path not found: {', '.join(missing)}")
     from rldskit.formats.tfds_dir import is_dataset_dir
 
     datasets = [p for p in args.paths if is_dataset_dir(p)]
@@ -89,7 +57,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     jobs = (os.cpu_count() or 1) if args.jobs == 0 else args.jobs
     t0 = time.perf_counter()
     report = validate_paths(args.paths, spec, gates, jobs=jobs, recover=args.recover,
-                            progress=_Progress("validating", sys.stderr.isatty() and args.format == "table"))
+                            progress=Progress("validating", sys.stderr.isatty() and args.format == "table"))
     elapsed = time.perf_counter() - t0
     if not report.episodes:
         if args.format == "json":
@@ -118,20 +86,20 @@ def _open_dataset_arg(path: str, args: argparse.Namespace, spec=None):
         return open_dataset(path, spec=spec, last_step=args.last_step), None
     except (DatasetError, SpecError) as e:
         hint = "; on the command line: --last-step rlds|valid" if args.last_step is None and "last_step" in str(e) else ""
-        return None, _err(f"{e}{hint}")
+        return None, error(f"{e}{hint}")
 
 
 def _validate_datasets(args: argparse.Namespace, datasets: list[str], spec, gates) -> int:
     """``validate`` when some paths are TFDS dataset folders: each is verified (shards,
     counts, decoding) and its episodes validated; the other paths are validated as captures."""
-    from rldskit.validation import Report, validate_paths
+    from rldskit.validation import Report, validate_dataset, validate_paths
 
     report = Report()
     for path in datasets:
         ds, code = _open_dataset_arg(path, args, spec)
         if ds is None:
             return code
-        report.merge(ds.validate(gates))
+        report.merge(validate_dataset(ds, gates))
     others = [p for p in args.paths if p not in datasets]
     if others:
         jobs = (os.cpu_count() or 1) if args.jobs == 0 else args.jobs
@@ -261,14 +229,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
             for p in spec.image_paths:
                 spec = spec.with_image_shape(p, (h, w, spec.step_leaves[p].shape[2]))
     except (SpecError, ValueError) as e:
-        return _err(str(e))
+        return error(str(e))
     if args.episodes < 1 or args.steps < 1:
-        return _err("--episodes and --steps must be >= 1")
+        return error("--episodes and --steps must be >= 1")
     t0 = time.perf_counter()
     try:
         paths = write_synthetic(spec, args.out, args.episodes, args.steps, args.seed, compress=args.compress)
     except (FileExistsError, ValueError) as e:
-        return _err(f"{e} (use an empty --out folder)")
+        return error(f"{e} (use an empty --out folder)")
     print(f"wrote {len(paths)} {spec.id} episodes x {args.steps} steps to {args.out} in {time.perf_counter() - t0:.1f} s")
     return EXIT_OK
 
@@ -282,11 +250,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
             print(f"{n:20s} {s.version:8s} {s.description.split('.')[0]}")
         return EXIT_OK
     if not args.name:
-        return _err(f"schema {args.action} needs a NAME (one of {', '.join(builtin_spec_names())}) or a file")
+        return error(f"schema {args.action} needs a NAME (one of {', '.join(builtin_spec_names())}) or a file")
     try:
         spec = load_spec(args.name)
     except SpecError as e:
-        return _err(str(e))
+        return error(str(e))
     if args.action == "show":
         print(spec.to_json(), end="")
     else:
@@ -339,15 +307,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
         spec = load_spec(args.schema) if args.schema else None
         gates = Gates.load(args.gates) if args.gates else Gates()
     except (SpecError, ValueError) as e:
-        return _err(str(e))
+        return error(str(e))
     missing = [p for p in args.sources if not os.path.exists(p)]
     if missing:
-        return _err(f"path not found: {', '.join(missing)}")
+        return error(f"path not found: {', '.join(missing)}")
     formats = ("tfrecord", "array_record") if args.format == "both" else (args.format,)
     extra = []
     for kv in args.beam_option:
         if "=" not in kv:
-            return _err(f"--beam-option takes KEY=VALUE, got {kv!r}")
+            return error(f"--beam-option takes KEY=VALUE, got {kv!r}")
         extra.append("--" + kv.lstrip("-"))
     print(f"converting {', '.join(args.sources)} -> {args.out}/{args.name} ({'+'.join(formats)}"
           f"{', step index' if args.step_index else ''}; runner {args.runner})", file=sys.stderr)
@@ -356,13 +324,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
                       step_index=args.step_index, shard_size_mb=args.shard_size_mb, split=args.split, gates=gates,
                       runner=args.runner, num_workers=args.workers, dask_address=args.dask_address,
                       beam_options=extra, last_step=args.last_step, overwrite=args.overwrite,
-                      progress=_Progress("converting (shards)", sys.stderr.isatty()))
+                      progress=Progress("converting (shards)", sys.stderr.isatty()))
     except (ConversionError, SpecError) as e:
         if args.verbose and e.__cause__ is not None:  # a runner's failure: the worker's whole traceback
             import traceback
 
             traceback.print_exception(e.__cause__, file=sys.stderr)
-        return _err(str(e) + ("" if args.verbose or e.__cause__ is None else " (-v shows the traceback and Beam's logs)"))
+        return error(str(e) + ("" if args.verbose or e.__cause__ is None else " (-v shows the traceback and Beam's logs)"))
     c = res.counts
     nbytes = sum(o["bytes"] for o in res.manifest["outputs"])
     print(f"{res.path}: {c['inputs']} episodes in, {c['written']} written, {c['quarantined']} quarantined, "
@@ -373,9 +341,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK if c["quarantined"] == 0 else EXIT_VIOLATIONS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="rldskit", description="Typed RLDS episodes for robot learning.")
-    sub = ap.add_subparsers(dest="command", required=True)
+def register_cli(sub) -> None:
+    """Add validate, inspect, synth, schema, convert and recover to the ``rldskit`` subparsers."""
 
     v = sub.add_parser("validate", help="check episodes against a schema and gates (exit 0 clean, 1 violations, 2 cannot run)")
     v.add_argument("paths", nargs="+", help="episode folders, *.json/*.jsonl[.zst] episodes, or folders of them")
@@ -440,102 +407,3 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recover", help="finish episodes a killed logger left unfinished (marked truncated)")
     r.add_argument("paths", nargs="+")
     r.set_defaults(func=cmd_recover)
-
-    # commands living in their own modules (each light to import; heavy work imported when run)
-    import importlib
-
-    for module in _COMMAND_MODULES:
-        importlib.import_module(module).register_cli(sub)
-    _add_verbose(ap, sub)
-    return ap
-
-
-_VERBOSE_HELP = "show the libraries' logs (Beam, TensorFlow, absl; also in Beam's worker processes)"
-
-
-def _add_verbose(ap: argparse.ArgumentParser, sub) -> None:
-    """``-v``/``--verbose`` before or after any subcommand (``rldskit -v convert ...`` or
-    ``rldskit convert ... -v``); without it the terminal shows rldskit's own output, its warnings
-    and errors only (see :mod:`rldskit._log`)."""
-    ap.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
-    for parser in {id(p): p for p in sub.choices.values()}.values():
-        _add_verbose_to(parser)
-
-
-def _add_verbose_to(parser: argparse.ArgumentParser) -> None:
-    if "--verbose" not in parser._option_string_actions:
-        flags = ["--verbose"] if "-v" in parser._option_string_actions else ["-v", "--verbose"]
-        parser.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
-    for a in parser._actions:  # nested subcommands (schema, import lerobot|donkey, ...)
-        if isinstance(a, argparse._SubParsersAction):
-            for p in {id(p): p for p in a.choices.values()}.values():
-                _add_verbose_to(p)
-
-
-#: modules that add subcommands with ``register_cli(subparsers)``
-_COMMAND_MODULES = ("rldskit.stats", "rldskit.report", "rldskit.archive", "rldskit.hub", "rldskit.pipeline_cmd",
-                    "rldskit.transfer_cmd")
-
-
-def _episode_of(path: str) -> str | None:
-    """The episode a committed file belongs to: the nearest folder that is an episode, or the
-    file itself when it is a single-file episode. ``None`` for files that are not episodes."""
-    from pathlib import Path
-
-    from rldskit.formats.capture_dir import METADATA_FILE, STEPS_DIR
-
-    p = Path(path)
-    for parent in p.parents:
-        if (parent / METADATA_FILE).is_file() or (parent / STEPS_DIR).is_dir():
-            return str(parent)
-    if p.name.endswith((".jsonl", ".jsonl.zst")):
-        return str(p)
-    if p.suffix == ".json" and p.is_file():
-        try:
-            with open(p, "rb") as f:
-                head = f.read(1 << 16)
-            obj = json.loads(p.read_bytes()) if b'"steps"' in head else None
-        except (OSError, ValueError):
-            return str(p)  # unreadable/corrupt .json among episodes: let validate report it
-        # a single-file episode's "steps" is a list; a schema file's is an object
-        return str(p) if isinstance(obj, dict) and isinstance(obj.get("steps"), list) else None
-    return None
-
-
-def precommit_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the pre-commit hook: map the committed files to their episodes and run
-    ``rldskit validate`` on those (extra ``args:`` such as ``--schema`` pass through)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    opts, files = [], []
-    it = iter(argv)
-    takes_value = {"--schema", "--gates", "--min-episodes", "--min-steps", "--max-skew-ms", "--format", "--jobs", "-j"}
-    for a in it:
-        if a.startswith("-"):
-            opts.append(a)
-            if a in takes_value:
-                opts.append(next(it, ""))
-        else:
-            files.append(a)
-    episodes = sorted({e for f in files if (e := _episode_of(f)) is not None and os.path.exists(e)})
-    if not episodes:
-        return EXIT_OK  # nothing that is an episode was committed
-    if not any(o.startswith("--min-episodes") for o in opts):
-        opts += ["--min-episodes", "0"]
-    return main(["validate", *opts, *episodes])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from rldskit._log import configure
-
-    configure(args.verbose or None)  # before any command imports TensorFlow or Beam; RLDSKIT_VERBOSE=1 also works
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
