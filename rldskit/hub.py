@@ -253,7 +253,8 @@ def hf_features(spec: EpisodeSpec):
 
 
 def _load_index(ds: Any, split: str):
-    from rldskit.loaders.grain import StepIndex, StepSource
+    from rldskit.formats.step_index import StepIndex
+    from rldskit.loaders.sources import StepSource
 
     index = StepIndex.load(ds.path, split, spec=ds.spec)
     return index, StepSource(index)

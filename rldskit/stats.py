@@ -372,7 +372,7 @@ def _read_metadata(ds: Any, df, keys: set[str]) -> list[dict[str, Any]]:
     """The spec's episode metadata ``keys`` of every row of ``df``: one record read per episode,
     each shard opened once (ArrayRecord when the dataset has it, else TFRecord)."""
     from rldskit.formats.arrayrecord import ArrayRecordCorruption, ArrayRecordShardReader
-    from rldskit.formats.tfexample import BYTES, ExampleDecodeError, _column, decode_features
+    from rldskit.formats.tfexample import BYTES, ExampleDecodeError, decode_features, typed_column
     from rldskit.formats.tfrecord import index_tfrecord, read_record_at
     from rldskit.spec import PRESENT_SUFFIX, Text
 
@@ -403,13 +403,13 @@ def _read_metadata(ds: Any, df, keys: set[str]) -> list[dict[str, Any]]:
                     raise ExampleDecodeError(f"feature {key!r} is absent (declared by {spec.id})")
                 kind, values = feats[key]
                 if isinstance(leaf, Text):
-                    meta[k] = _column(kind, values, leaf, 1, key)[0]
+                    meta[k] = typed_column(kind, values, leaf, 1, key)[0]
                 elif leaf.dtype == "string":
                     if kind != BYTES:
                         raise ExampleDecodeError(f"feature {key!r}: expected bytes_list")
                     meta[k] = [v.decode(errors="replace") for v in values]
                 else:
-                    v = _column(kind, values, leaf, 1, key)[0]
+                    v = typed_column(kind, values, leaf, 1, key)[0]
                     meta[k] = v.item() if v.shape == () else v.tolist()
         except ExampleDecodeError as e:
             raise StatsError(f"{where}: episode record is not an episode of {spec.id}: {e}") from None

@@ -770,7 +770,7 @@ def test_decode_image_is_the_one_codec():
 def test_index_sources_and_statistics_do_not_import_grain(donkey):
     code = ("import sys; from rldskit.loaders import StepIndex, StepSource, compute_stats, Normalizer, LoaderConfig; "
             f"ix = StepIndex.load({str(donkey)!r}); StepSource(ix)[0]; compute_stats(ix); LoaderConfig(history=2); "
-            "from rldskit.loaders.grain import StepIndex as S2, _resolve_slice; assert S2 is StepIndex; "
+            "from rldskit.loaders.grain import StepIndex as S2; assert S2 is StepIndex; "
             "assert 'grain' not in sys.modules, 'grain'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -275,7 +275,7 @@ def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = T
     (statistics of the training selection only: :func:`train_stats`), no debug keys."""
     from rldskit.loaders import StepIndex, windows
 
-    index = StepIndex.load(cfg.data, _base_split(cfg.train_split))  # the spec, and the normalisation statistics
+    index = StepIndex.load(cfg.data, base_split(cfg.train_split))  # the spec, and the normalisation statistics
     io = policy_io(index.spec)
     return windows(cfg.data, history=cfg.history, action_horizon=cfg.action_horizon, stats=train_stats(cfg, index),
                    batch_size=batch_size or cfg.batch_size, seed=cfg.seed if seed is None else seed, shuffle=shuffle,
@@ -304,12 +304,10 @@ def train_stats(cfg: TrainConfig, index=None) -> dict[str, Any]:
     the selection has no steps."""
     import hashlib
 
-    from rldskit.loaders import StepIndex, compute_stats
-    from rldskit.loaders.grain import _resolve_slice, parse_split
+    from rldskit.loaders import StepIndex, compute_stats, parse_split, select_episodes
 
-    base, sl = parse_split(cfg.train_split)
-    index = index if index is not None else StepIndex.load(cfg.data, base)
-    positions = index.select(_resolve_slice(sl, index.num_episodes, cfg.train_split))
+    index = index if index is not None else StepIndex.load(cfg.data, parse_split(cfg.train_split)[0])
+    positions = select_episodes(index, cfg.train_split)
     steps = index.steps_of(positions)
     if len(steps) == 0:
         raise ValueError(f"{index.path}: train_split {cfg.train_split!r} selects no steps to compute the "
@@ -322,7 +320,8 @@ def train_stats(cfg: TrainConfig, index=None) -> dict[str, Any]:
     return stats
 
 
-def _base_split(split: str) -> str:
+def base_split(split: str) -> str:
+    """The split name of a split selection: ``"train[:90%]"`` -> ``"train"``."""
     return split.split("[", 1)[0].strip()
 
 
@@ -421,7 +420,7 @@ def write_export(out_dir: str | os.PathLike, weights: Mapping[str, np.ndarray], 
         save_file(arrays, str(tmp / EXPORT_WEIGHTS), metadata={"format": FORMAT})
         atomic_write_json(tmp / EXPORT_POLICY, policy)
         fsync_dir(tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -453,8 +452,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Rename ``tmp`` to ``dest``; an existing ``dest`` is moved aside first and removed after."""
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``dest`` (atomic per folder: a reader sees the old or the
+    new one); an existing ``dest`` is moved aside first and removed after."""
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.monotonic_ns()}")
@@ -491,7 +491,7 @@ class Checkpoints:
             atomic_write_json(tmp / "meta.json", {**meta, "step": int(step), "complete": True})
             fsync_dir(tmp)
             dest = self.root / f"{self.PREFIX}{int(step):08d}"
-            _replace_dir(tmp, dest)
+            replace_dir(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -575,7 +575,7 @@ class LocalMirror(Mirror):
             for f in Path(checkpoint).iterdir():
                 shutil.copy2(f, tmp / f.name)
             fsync_dir(tmp)
-            _replace_dir(tmp, self.last)
+            replace_dir(tmp, self.last)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -138,7 +138,7 @@ def _io(cfg: TrainConfig) -> common.PolicyIO:
     from rldskit.loaders import StepIndex
 
     _check_data(cfg)
-    return common.policy_io(StepIndex.load(cfg.data, common._base_split(cfg.train_split)).spec)
+    return common.policy_io(StepIndex.load(cfg.data, common.base_split(cfg.train_split)).spec)
 
 
 def new_model(cfg: TrainConfig, io: common.PolicyIO | None = None) -> ConvMLP:

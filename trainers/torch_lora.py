@@ -288,7 +288,7 @@ def _io_and_arch(cfg: TrainConfig) -> tuple[common.PolicyIO, dict[str, Any]]:
 
     if not cfg.data:
         raise ConfigError("config: no dataset (set 'data' or pass --data)")
-    index = StepIndex.load(cfg.data, common._base_split(cfg.train_split))
+    index = StepIndex.load(cfg.data, common.base_split(cfg.train_split))
     io = common.policy_io(index.spec)
     return io, common.architecture(cfg, io)
 
@@ -535,7 +535,7 @@ def write_candidate(out: str | os.PathLike, model: nn.Module, info: Mapping[str,
         save_file(sd, str(tmp / ADAPTER_WEIGHTS), metadata={"format": ADAPTER_FORMAT})
         common.atomic_write_json(tmp / ADAPTER_JSON, {"format": ADAPTER_FORMAT, "format_version": 1, **info})
         common.fsync_dir(tmp)
-        common._replace_dir(tmp, root / "candidate")
+        common.replace_dir(tmp, root / "candidate")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1061,7 +1061,7 @@ def dry_run(cfg: TrainConfig, base: str | None, *, gate: Gate | None = None, ful
     for _ in range(2):  # candidate -> current twice, so history gets an entry
         tmp = Path(tempfile.mkdtemp(prefix=".candidate-", dir=slots))
         common.atomic_write_json(tmp / ADAPTER_JSON, {"format": ADAPTER_FORMAT, "stub": True, "step": step})
-        common._replace_dir(tmp, slots / "candidate")
+        common.replace_dir(tmp, slots / "candidate")
         _promote_dirs(slots, step, 3)
     summary = {"status": "dry_run", "reason": reason, "step": step, "checkpoints_saved": saves,
                "checkpoint": str(ckpts.latest()), "mirror_step": mirror.latest_step(),

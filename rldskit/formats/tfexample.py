@@ -35,7 +35,7 @@ import numpy as np
 from rldskit.episode import Episode, LazyFrames
 from rldskit.spec import PRESENT_SUFFIX, EpisodeSpec, Image, Text
 
-__all__ = ["ExampleDecodeError", "encode_features", "decode_features", "encode_episode", "decode_episode",
+__all__ = ["ExampleDecodeError", "typed_column", "encode_features", "decode_features", "encode_episode", "decode_episode",
            "encode_step", "decode_step", "decode_step_fields", "to_tfds_example"]
 
 BYTES, FLOAT, INT64 = 1, 2, 3  # Feature oneof field numbers
@@ -342,8 +342,11 @@ def to_tfds_example(episode: Episode, spec: EpisodeSpec) -> dict[str, Any]:
     return {"steps": steps, "episode_metadata": nest({k: episode.metadata[k] for k in spec.metadata_leaves})}
 
 
-def _column(kind: int, values: Any, leaf: Any, n: int, key: str) -> Any:
-    """Typed column of ``n`` rows for ``leaf`` from one decoded feature."""
+def typed_column(kind: int, values: Any, leaf: Any, n: int, key: str) -> Any:
+    """The typed column of ``n`` rows for ``leaf`` (a spec leaf) from one decoded feature (``kind``,
+    ``values``) as :func:`decode_features` gives it: ``(n, *leaf.shape)`` of the leaf's dtype, or an
+    object array of ``n`` byte strings (images) or str (text). Raises ``ExampleDecodeError`` naming
+    ``key`` when the kind or the number of values is not what the leaf needs."""
     if isinstance(leaf, Image) or isinstance(leaf, Text):
         if kind != BYTES or len(values) != n:
             raise ExampleDecodeError(f"feature {key!r}: expected {n} byte strings, got {len(values)} {_KIND_NAME[kind]} values")
@@ -387,7 +390,7 @@ def decode_episode(data: bytes, spec: EpisodeSpec) -> Episode:
         key = "steps/" + path
         if key not in feats:
             raise ExampleDecodeError(f"feature {key!r} is absent (declared by {spec.id})")
-        cols[path] = _column(*feats[key], leaf, T, key)
+        cols[path] = typed_column(*feats[key], leaf, T, key)
     for path, leaf in spec.step_leaves.items():
         if isinstance(leaf, Image) and leaf.optional:
             absent = ~cols[path + PRESENT_SUFFIX]
@@ -399,13 +402,13 @@ def decode_episode(data: bytes, spec: EpisodeSpec) -> Episode:
             raise ExampleDecodeError(f"feature {key!r} is absent (declared by {spec.id})")
         kind, values = feats[key]
         if isinstance(leaf, Text):
-            meta[path] = _column(kind, values, leaf, 1, key)[0]
+            meta[path] = typed_column(kind, values, leaf, 1, key)[0]
         elif leaf.dtype == "string":
             if kind != BYTES:
                 raise ExampleDecodeError(f"feature {key!r}: expected bytes_list")
             meta[path] = [v.decode(errors="replace") for v in values]
         else:
-            v = _column(kind, values, leaf, 1, key)[0]
+            v = typed_column(kind, values, leaf, 1, key)[0]
             meta[path] = v.item() if v.shape == () else v
     return Episode(meta, cols)
 
@@ -417,7 +420,7 @@ def decode_step(data: bytes, spec: EpisodeSpec) -> dict[str, Any]:
     for path, leaf in spec.step_leaves.items():
         if path not in feats:
             raise ExampleDecodeError(f"feature {path!r} is absent (declared by {spec.id})")
-        out[path] = _column(*feats[path], leaf, 1, path)[0]
+        out[path] = typed_column(*feats[path], leaf, 1, path)[0]
     for path, leaf in spec.step_leaves.items():
         if isinstance(leaf, Image) and leaf.optional and not out[path + PRESENT_SUFFIX]:
             out[path] = b""

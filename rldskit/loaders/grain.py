@@ -27,7 +27,6 @@ _WHERE = {
     "decode_image": ("rldskit.images", "decode"),
     "StepIndex": ("rldskit.formats.step_index", "StepIndex"), "EpisodeRow": ("rldskit.formats.step_index", "EpisodeRow"),
     "parse_split": ("rldskit.formats.step_index", "parse_split"),
-    "_resolve_slice": ("rldskit.formats.step_index", "resolve_split_slice"),
     "_ROW_COLUMNS": ("rldskit.formats.step_index", "EPISODE_ROW_COLUMNS"),
     "StepReadError": ("rldskit.formats.step_index", "StepReadError"),
     "StepRecordCorruption": ("rldskit.formats.step_index", "StepRecordCorruption"),
