@@ -353,3 +353,48 @@ def test_pipeline_command_outputs_hold_no_local_paths_and_a_moved_rerun_is_up_to
                        runner="inline", echo=said.append)
     assert res["stages"] == {"validate": "up to date", "convert": "up to date", "stats": "up to date",
                              "train": "off", "export": "off", "bundle": "off"}, said
+
+
+# --------------------------------------------------------------------------- a shard task's failure
+
+
+def test_a_shard_tasks_exception_is_recorded_for_the_driver_not_raised_into_beam(tmp_path, monkeypatch):
+    """Beam's failure path can hang the multi-processing DirectRunner (see pipeline/beam.py), so
+    the shard task returns its exception through the work folder and the driver raises it."""
+    import rldskit.pipeline.beam as B
+    import rldskit.pipeline.shard as S
+    from rldskit.pipeline.plan import WORK_DIR, ConvertOptions
+
+    opts = ConvertOptions(out_dir=str(tmp_path / "ds"), name="ds", spec_json="{}")
+    (tmp_path / "ds" / WORK_DIR).mkdir(parents=True)
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(S, "write_shard", full_disk)
+    assert list(B._write((0, "train", 3, []), opts)) == []  # nothing emitted, nothing raised
+    assert list(B._write((1, "train", 4, []), opts)) == []
+    failed = B._failures(opts)
+    assert [f["shard"] for f in failed] == ["train-00003", "train-00004"]
+    assert failed[0]["error"] == "OSError: [Errno 28] No space left on device"
+    assert "full_disk" in failed[0]["traceback"] and failed[0]["traceback"].startswith("Traceback")
+    # when even the record cannot be written, the exception goes to Beam as before
+    lost = ConvertOptions(out_dir=str(tmp_path / "gone"), name="ds", spec_json="{}")
+    with pytest.raises(OSError, match="No space left"):
+        list(B._write((0, "train", 0, []), lost))
+
+
+def test_failed_shards_make_the_conversion_fail_with_the_first_error_and_the_count(tmp_path, monkeypatch):
+    import rldskit.pipeline.beam as B
+    import rldskit.pipeline.shard as S
+    from rldskit.pipeline import ConversionError
+    from rldskit.pipeline.plan import WORK_DIR, ConvertOptions, ShardPlan
+
+    opts = ConvertOptions(out_dir=str(tmp_path / "ds"), name="ds", spec_json="{}")
+    (tmp_path / "ds" / WORK_DIR).mkdir(parents=True)
+    monkeypatch.setattr(S, "write_shard", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad shard")))
+    shards = [ShardPlan("train", i, ()) for i in range(3)]
+    with pytest.raises(ConversionError, match=r"failed: ValueError: bad shard in shard train-00000 \(and 2 more of 3 "
+                                              r"shards\)") as e:
+        B.run_beam(opts, shards, ["--runner=DirectRunner"])  # one process: the injected failure applies
+    assert isinstance(e.value.__cause__, B.ShardTaskError) and "bad shard" in str(e.value.__cause__)

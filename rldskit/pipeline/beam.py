@@ -12,6 +12,13 @@ finalisation checks (inputs = written + quarantined). Nothing is collected back 
 the driver reads the shard records from the work folder after the run (:func:`run_beam`
 returns when every shard finished and raises :class:`ConversionError` when one failed).
 
+A shard task's exception does not go through Beam's failure path: ``_write`` records it in the work
+folder (``<shard>.failed``: the exception line and the worker's traceback) and returns, so the run
+ends normally and :func:`run_beam` raises from the records. Beam 2.78's DirectRunner in
+multi_processing mode can hang for ever when a pipeline fails (its shutdown joins a worker
+process that never connected and so never hears it is done); a worker that dies outright
+(killed, out of memory) or a record that cannot be written still takes Beam's path.
+
 Runners (:func:`pipeline_options`): ``direct`` (the default) is the DirectRunner in
 ``multi_processing`` mode with one worker per core; ``dask`` is Beam's DaskRunner against a
 ``dask.distributed`` scheduler (``dask_address``). (``rldskit.pipeline.convert(runner="inline")``
@@ -27,15 +34,17 @@ import contextlib
 import dataclasses
 import logging
 import os
+import json
 import re
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rldskit._log import beam_worker_log_level, filtered_stderr, is_quiet, is_verbose
 from rldskit.pipeline.plan import ConversionError, ConvertOptions, ShardPlan
 
-__all__ = ["run_beam", "pipeline_options"]
+__all__ = ["run_beam", "pipeline_options", "ShardTaskError"]
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
@@ -64,10 +73,52 @@ def _write(element: tuple[int, str, int, list[dict[str, Any]]], opts: ConvertOpt
     from rldskit.pipeline.shard import write_shard
 
     _order, split, index, items = element
-    info = write_shard(opts, split, index, [InputItem(**i) for i in items])
+    try:
+        info = write_shard(opts, split, index, [InputItem(**i) for i in items])
+    except Exception as e:  # noqa: BLE001 - returned as data, raised by the driver (see the module docstring)
+        if not _record_failure(opts, f"{split}-{index:05d}", e):
+            raise
+        return
     for q in info["quarantined"]:
         yield beam.pvalue.TaggedOutput("quarantine", q)
     yield {"shard": info["shard"], "written": len(info["episodes"]), "quarantined": len(info["quarantined"])}
+
+
+FAILED_SUFFIX = ".failed"
+
+
+class ShardTaskError(RuntimeError):
+    """A shard task's exception, raised in a worker and carried back through the work folder: the
+    message is the worker's formatted traceback (``str(e).splitlines()[-1]`` its exception line)."""
+
+
+def _record_failure(opts: ConvertOptions, shard: str, e: BaseException) -> bool:
+    """Write ``<work>/<shard>.failed`` for the driver; False when even that cannot be written."""
+    from rldskit._io import atomic_write_bytes
+
+    record = {"shard": shard, "error": f"{type(e).__name__}: {e}".rstrip(": "),
+              "traceback": "".join(traceback.format_exception(e))}
+    try:
+        atomic_write_bytes(opts.work_dir / f"{shard}{FAILED_SUFFIX}", json.dumps(record).encode())
+    except OSError:
+        return False
+    return True
+
+
+def _failures(opts: ConvertOptions) -> list[dict[str, Any]]:
+    """The shard failures the workers recorded, by shard name."""
+    try:
+        names = sorted(f for f in os.listdir(opts.work_dir) if f.endswith(FAILED_SUFFIX))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            out.append(json.loads((opts.work_dir / name).read_bytes()))
+        except (OSError, ValueError):
+            out.append({"shard": name[: -len(FAILED_SUFFIX)], "error": "the failure record is unreadable",
+                        "traceback": ""})
+    return out
 
 
 def _watch(opts: ConvertOptions, total: int, progress: Callable[[int, int], None], stop: threading.Event) -> None:
@@ -75,7 +126,7 @@ def _watch(opts: ConvertOptions, total: int, progress: Callable[[int, int], None
     last = -1
     while not stop.wait(0.5):
         try:
-            done = sum(1 for f in os.listdir(opts.work_dir) if f.endswith(".json"))
+            done = sum(1 for f in os.listdir(opts.work_dir) if f.endswith((".json", FAILED_SUFFIX)))
         except OSError:
             continue
         if done != last:
@@ -98,6 +149,11 @@ def run_beam(opts: ConvertOptions, shards: Sequence[ShardPlan], options: Sequenc
             state = _run(opts, elements, options, progress, len(shards))
         except Exception as e:  # noqa: BLE001 - a worker's failure arrives as whatever the runner raises
             raise ConversionError(f"the Beam pipeline failed: {_gist(e)}") from e
+    failed = _failures(opts)
+    if failed:
+        more = f" (and {len(failed) - 1} more of {len(shards)} shards)" if len(failed) > 1 else ""
+        raise ConversionError(f"the Beam pipeline failed: {failed[0]['error']} in shard {failed[0]['shard']}{more}") \
+            from ShardTaskError(failed[0]["traceback"].rstrip() or failed[0]["error"])
     if str(state).upper().rsplit(".", 1)[-1] not in ("DONE", "NONE"):
         raise ConversionError(f"the Beam pipeline ended in state {state}")
 
