@@ -93,3 +93,27 @@ def test_train_stats_ignores_a_whole_split_stats_json(shifted, tmp_path):
     sel = after[common.SELECTION_KEY]
     assert (sel["split"], sel["episodes"], sel["steps"]) == ("train[:90%]", TRAIN, TRAIN * STEPS)
     assert sel["first_episode"].startswith("bar_") and sel["last_episode"].startswith("bar_")
+
+
+def test_the_trainers_loader_is_one_loader_config(shifted, tmp_path):
+    """``common.make_loader`` builds from ``common.loader_config`` (one frozen value, not re-passed
+    keywords): the same batches as ``rldskit.loaders.windows`` given those settings as keywords."""
+    from rldskit.loaders import LoaderConfig, windows
+
+    data, _ = shifted
+    cfg = common.load_config(None, "dev", {"data": str(data), "out": str(tmp_path / "run")})
+    lc = common.loader_config(cfg, num_epochs=1)
+    assert isinstance(lc, LoaderConfig) and lc.split == cfg.train_split and lc.history == cfg.history
+    io = common.policy_io(StepIndex.load(data).spec)
+    by_keywords = windows(data, history=cfg.history, action_horizon=cfg.action_horizon,
+                          stats=common.train_stats(cfg), batch_size=cfg.batch_size, seed=cfg.seed, num_epochs=1,
+                          resize=tuple(cfg.image_size), normalize="stats", split=cfg.train_split,
+                          observation_keys=list(io.cameras) + list(io.state_keys), action_keys=[io.action_key],
+                          extra_keys=[], debug_keys=False)
+    a = [{k: v.copy() for k, v in b.items()} for b in common.make_loader(cfg, num_epochs=1)]
+    b = [{k: v.copy() for k, v in b.items()} for b in by_keywords]
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)

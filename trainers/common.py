@@ -57,7 +57,7 @@ import numpy as np
 
 from rldskit._io import atomic_write_bytes, fsync_dir
 
-__all__ = ["TrainConfig", "PRESETS", "load_config", "config_to_dict", "PolicyIO", "policy_io", "make_loader",
+__all__ = ["TrainConfig", "PRESETS", "load_config", "config_to_dict", "PolicyIO", "policy_io", "make_loader", "loader_config",
            "batch_arrays", "architecture", "policy_document", "conv_out_size", "same_padding", "encoder_out_dim", "write_export", "read_export", "EXPORT_WEIGHTS", "EXPORT_POLICY",
            "Checkpoints", "Mirror", "LocalMirror", "HubMirror", "open_mirror", "PreemptionGuard", "MetricsWriter",
            "select_trainer", "atomic_write_bytes", "atomic_write_json", "ConfigError", "train_stats", "SELECTION_KEY",
@@ -268,21 +268,36 @@ def policy_io(spec, action_key: str = "action") -> PolicyIO:
     return PolicyIO(tuple(cams), tuple(shapes), tuple(state), tuple(dims), action_key, a, names, bounds, spec.id)
 
 
+def loader_config(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = True, num_epochs: int | None = None,
+                  seed: int | None = None, batch_size: int | None = None, drop_remainder: bool = True,
+                  io: PolicyIO | None = None):  # -> rldskit.loaders.LoaderConfig
+    """The :class:`~rldskit.loaders.LoaderConfig` (what fixes the loader's order and sample shape) a
+    run of ``cfg`` reads with: ``history`` frames of every camera (resized to ``image_size``) and
+    state key of ``io`` (default: :func:`policy_io` of the dataset's spec), ``action_horizon``
+    actions, mean/std normalised floats, no debug keys; ``split`` defaults to ``cfg.train_split``,
+    ``seed`` and ``batch_size`` to the config's."""
+    from rldskit.loaders import LoaderConfig, StepIndex
+
+    if io is None:
+        io = policy_io(StepIndex.load(cfg.data, base_split(cfg.train_split)).spec)
+    return LoaderConfig(kind="windows", history=cfg.history, action_horizon=cfg.action_horizon,
+                        batch_size=batch_size or cfg.batch_size, seed=cfg.seed if seed is None else seed,
+                        shuffle=shuffle, num_epochs=num_epochs, decode_images=True, resize=tuple(cfg.image_size),
+                        normalize="stats", split=split or cfg.train_split,
+                        observation_keys=(*io.cameras, *io.state_keys), action_keys=(io.action_key,), extra_keys=(),
+                        debug_keys=False, drop_remainder=drop_remainder)
+
+
 def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = True, num_epochs: int | None = None,
                 seed: int | None = None, batch_size: int | None = None, drop_remainder: bool = True):
-    """The rldskit windows loader a trainer reads: ``history`` frames of every camera (resized to
-    ``image_size``) and state key, ``action_horizon`` actions, mean/std normalised floats
-    (statistics of the training selection only: :func:`train_stats`), no debug keys."""
-    from rldskit.loaders import StepIndex, windows
+    """The rldskit windows loader a trainer reads: :func:`loader_config` with the normalisation
+    statistics of the training selection only (:func:`train_stats`) and ``cfg.num_threads``."""
+    from rldskit.loaders import StepIndex, build
 
     index = StepIndex.load(cfg.data, base_split(cfg.train_split))  # the spec, and the normalisation statistics
-    io = policy_io(index.spec)
-    return windows(cfg.data, history=cfg.history, action_horizon=cfg.action_horizon, stats=train_stats(cfg, index),
-                   batch_size=batch_size or cfg.batch_size, seed=cfg.seed if seed is None else seed, shuffle=shuffle,
-                   num_epochs=num_epochs, decode_images=True, resize=tuple(cfg.image_size), normalize="stats",
-                   split=split or cfg.train_split, observation_keys=list(io.cameras) + list(io.state_keys),
-                   action_keys=[io.action_key], extra_keys=[], num_threads=cfg.num_threads, debug_keys=False,
-                   drop_remainder=drop_remainder)
+    config = loader_config(cfg, split, shuffle=shuffle, num_epochs=num_epochs, seed=seed, batch_size=batch_size,
+                           drop_remainder=drop_remainder, io=policy_io(index.spec))
+    return build(cfg.data, config, stats=train_stats(cfg, index), num_threads=cfg.num_threads)
 
 
 #: key of :func:`train_stats`' record of the selection it covers (a dict, like every value of a

@@ -10,7 +10,8 @@ iterator and the entry points; the rest is numpy, pyarrow and Pillow):
 * :class:`LoaderConfig` (:mod:`~rldskit.loaders.config`): the frozen value that fixes a loader's
   order and sample shape; ``windows(path, config=LoaderConfig(...))`` is the preferred form.
 * :class:`Loader` (:mod:`~rldskit.loaders.iterator`): a Grain ``DatasetIterator`` with ``len``,
-  ``get_state``/``set_state``, checkpointable with Grain's Orbax handler.
+  ``get_state``/``set_state``, checkpointable with Grain's Orbax handler; :func:`build` makes one
+  from a path and a :class:`LoaderConfig` (what the trainers call: ``trainers.common.loader_config``).
 * :class:`StepSource`, :class:`EpisodeSource` (:mod:`~rldskit.loaders.sources`): random-access
   sources over the step-major ArrayRecord files and over a TFDS RLDS folder's ArrayRecord shards.
 * :class:`WindowMaker` (:mod:`~rldskit.loaders.windowing`): the batch transform (index arithmetic,
@@ -35,7 +36,7 @@ from typing import Any
 _WHERE = {
     "windows": "rldskit.loaders.api", "steps": "rldskit.loaders.api",
     "LoaderConfig": "rldskit.loaders.config", "GOALS": "rldskit.loaders.config",
-    "Loader": "rldskit.loaders.iterator",
+    "Loader": "rldskit.loaders.iterator", "build": "rldskit.loaders.iterator",
     "StepSource": "rldskit.loaders.sources", "EpisodeSource": "rldskit.loaders.sources",
     "WindowMaker": "rldskit.loaders.windowing",
     "Normalizer": "rldskit.loaders.normalize", "compute_stats": "rldskit.loaders.normalize",
