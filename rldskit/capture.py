@@ -28,7 +28,6 @@ The root holds a ``schema.json`` copy of the spec, so the folder describes itsel
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -274,18 +273,12 @@ class EpisodeLogger:
         if arr.dtype != np.uint8 or arr.shape[:2] != leaf.shape[:2] or not (
                 (arr.ndim == 3 and arr.shape[2] == leaf.shape[2]) or (arr.ndim == 2 and leaf.shape[2] == 1)):
             raise ValueError(f"step {i}: {path} expects encoded bytes or a uint8 array {list(leaf.shape)}, got {arr.dtype} {list(arr.shape)}")
-        from PIL import Image as PILImage
+        from rldskit import images
 
-        buf = io.BytesIO()
-        img = PILImage.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
         try:
-            if leaf.encoding == "jpeg":
-                img.save(buf, format="JPEG", quality=self.jpeg_quality)
-            else:
-                img.save(buf, format="PNG")
+            return images.encode(arr[:, :, None] if arr.ndim == 2 else arr, leaf.encoding, self.jpeg_quality)
         except (OSError, ValueError) as e:  # e.g. 4 channels cannot be JPEG-encoded
             raise ValueError(f"step {i}: {path}: cannot encode a {list(arr.shape)} array as {leaf.encoding}: {e}") from None
-        return buf.getvalue()
 
 
 def _placeholders(node: Any) -> Any:

@@ -13,10 +13,12 @@ decoded only where pixels are needed. Four operations, numpy + Pillow, with simp
   RGB, grey to grey, and DCT scales Pillow's ``draft`` would pick; everything else goes to Pillow).
   Errors are Pillow's (``OSError`` and its subclasses, ``SyntaxError``, ``ValueError``, ...).
 * :func:`probe`: a header read, no pixel decoding: :class:`ImageInfo` ``(format, height, width,
-  channels)``. Cheap (microseconds): use it to check sizes before paying for a decode.
+  channels, mode)``. Cheap (microseconds): use it to check sizes before paying for a decode.
 * :func:`verify`: :func:`probe` plus a decode of every entropy-coded byte (JPEGs at 1/8 DCT scale,
   so truncation and corruption are caught at a fraction of a full decode's cost); raises what
   Pillow raises on a broken frame.
+* :func:`resize` (an array to another size, bilinear) and :func:`thumbnail` (bytes to a small JPEG
+  or PNG, for reports).
 
 ``format`` is ``"jpeg"`` or ``"png"`` from the file's signature (:func:`sniff`, the edge runtime's
 signature check; an MPO or JFIF/EXIF variant is a JPEG), else Pillow's lower-cased format name
@@ -35,7 +37,7 @@ import numpy as np
 
 from edge_runtime.frames import JPEG_SIGNATURE, frame_kind
 
-__all__ = ["ENCODINGS", "ImageInfo", "encode", "decode", "probe", "verify", "sniff"]
+__all__ = ["ENCODINGS", "ImageInfo", "encode", "decode", "probe", "verify", "sniff", "resize", "thumbnail"]
 
 #: the encodings a spec's :class:`~rldskit.spec.Image` may declare, and :func:`encode` writes
 ENCODINGS = ("jpeg", "png")
@@ -46,12 +48,14 @@ _PNG_LEVEL = 1  # zlib level of encode(..., "png"): frames are written on robots
 
 class ImageInfo(NamedTuple):
     """What a frame's header says: ``format`` (see the module docstring), ``height`` and
-    ``width`` in pixels, ``channels`` (Pillow's band count: 1 grey, 3 RGB/YCbCr, 4 CMYK/RGBA)."""
+    ``width`` in pixels, ``channels`` (Pillow's band count: 1 grey, 3 RGB/YCbCr, 4 CMYK/RGBA) and
+    ``mode`` (Pillow's: ``"L"``, ``"P"``, ``"RGB"``, ``"RGBA"``, ``"CMYK"``, ...)."""
 
     format: str | None
     height: int
     width: int
     channels: int
+    mode: str
 
 
 def sniff(data: bytes) -> str | None:
@@ -87,7 +91,7 @@ def encode(array: np.ndarray, encoding: str = "jpeg", quality: int = 85) -> byte
 def _info(img: Any, data: bytes) -> ImageInfo:
     w, h = img.size
     fmt = sniff(data) or (img.format.lower() if img.format else None)
-    return ImageInfo(fmt, int(h), int(w), len(img.getbands()))
+    return ImageInfo(fmt, int(h), int(w), len(img.getbands()), str(img.mode))
 
 
 def probe(data: bytes) -> ImageInfo:
@@ -217,3 +221,34 @@ def decode(data: bytes, channels: int = 3, size: tuple[int, int] | None = None,
         out[...] = img
         return out
     return img
+
+
+# =========================================================================== resize, thumbnails
+
+
+def resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``uint8 (h, w, c)`` (c 1, 3 or 4) -> ``uint8 (size[0], size[1], c)``, Pillow's bilinear resize
+    (what :func:`decode` does with ``size`` after the decode)."""
+    from PIL import Image as PILImage
+
+    img = PILImage.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    out = np.asarray(img.resize((size[1], size[0]), PILImage.Resampling.BILINEAR))
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def thumbnail(data: bytes, size: tuple[int, int]) -> tuple[str, bytes]:
+    """A frame scaled to ``size`` (``(w, h)``, Pillow's order) and re-encoded for display:
+    ``("image/jpeg", JPEG quality 85)``, or ``("image/png", PNG)`` when the frame has alpha. A JPEG
+    is decoded at a reduced DCT scale first. Raises what Pillow raises on bad bytes."""
+    from PIL import Image as PILImage
+
+    img = PILImage.open(io.BytesIO(data))
+    img.draft("RGB", size)  # JPEG: decode at reduced scale when shrinking
+    img.load()
+    img = img.convert("RGBA" if "A" in img.getbands() else "RGB").resize(size)
+    buf = io.BytesIO()
+    if img.mode == "RGBA":
+        img.save(buf, format="PNG")
+        return "image/png", buf.getvalue()
+    img.save(buf, format="JPEG", quality=85)
+    return "image/jpeg", buf.getvalue()

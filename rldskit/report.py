@@ -451,28 +451,21 @@ def _tile_size(leaf) -> tuple[int, int]:
 def _placeholder_tile(size: tuple[int, int], text: str, colour=(160, 160, 160)) -> str:
     from PIL import Image, ImageDraw
 
+    from rldskit import images
+
     img = Image.new("RGB", size, colour)
     if size[0] >= 30 and size[1] >= 12:
         ImageDraw.Draw(img).text((4, max(0, size[1] // 2 - 6)), text, fill=(255, 255, 255))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    png = images.encode(np.asarray(img), "png")  # drawn with Pillow, encoded by the one codec
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _frame_tile(data: bytes, size: tuple[int, int]) -> str:
     """A decoded frame, scaled to ``size`` and re-encoded (JPEG; PNG for alpha). Raises on bad bytes."""
-    from PIL import Image
+    from rldskit import images
 
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", size)  # JPEG: decode at reduced scale when shrinking
-    img.load()
-    img = img.convert("RGBA" if "A" in img.getbands() else "RGB").resize(size)
-    buf = io.BytesIO()
-    if img.mode == "RGBA":
-        img.save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    img.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    mime, data = images.thumbnail(data, size)
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _read_frames(d: _Data, steps: np.ndarray, keys: Sequence[str]) -> list[dict[str, Any] | Exception]:

@@ -114,7 +114,6 @@ def _validate_datasets(args: argparse.Namespace, datasets: list[str], spec, gate
 def _describe_value(leaf, value):
     """A JSON-able, human-sized view of one step value: numbers (long arrays as shape, first
     values and range), text, images as format and size (never the bytes)."""
-    import io
 
     import numpy as np
 
@@ -123,12 +122,12 @@ def _describe_value(leaf, value):
     if isinstance(leaf, Image):
         if not value:
             return "absent"
-        from PIL import Image as PILImage, UnidentifiedImageError
+        from rldskit import images
 
         try:
-            with PILImage.open(io.BytesIO(value)) as img:
-                return f"{(img.format or '?').lower()} {img.width}x{img.height} {img.mode}, {len(value)} bytes"
-        except (UnidentifiedImageError, OSError) as e:
+            info = images.probe(value)
+            return f"{info.format or '?'} {info.width}x{info.height} {info.mode}, {len(value)} bytes"
+        except OSError as e:  # PIL.UnidentifiedImageError is one
             return f"undecodable image of {len(value)} bytes ({e})"
     if isinstance(value, (str, bytes)):
         return value if isinstance(value, str) else value.decode(errors="replace")

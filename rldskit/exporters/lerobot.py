@@ -56,7 +56,6 @@ comes back exactly up to codec error, alpha is dropped); odd frame sizes are pad
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -425,10 +424,9 @@ class _VideoFile:
 
 
 def _decode_image(data: bytes, shape: list[int]) -> np.ndarray:
-    from PIL import Image as PILImage
+    from rldskit import images
 
-    with PILImage.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im.convert("RGB"))
+    arr = images.decode(data, 3)
     if list(arr.shape[:2]) != list(shape[:2]):
         raise ValueError(f"frame is {arr.shape[1]}x{arr.shape[0]}, the spec says {shape[1]}x{shape[0]}")
     return arr

@@ -91,7 +91,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import shutil
@@ -124,11 +123,11 @@ _MISSING = object()
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
-    from PIL import Image as PILImage
+    from rldskit import images
 
     try:
-        w, h = PILImage.open(io.BytesIO(data)).size
-        return h, w
+        info = images.probe(data)
+        return info.height, info.width
     except Exception:  # noqa: BLE001
         return None
 

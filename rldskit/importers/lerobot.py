@@ -38,7 +38,6 @@ fixed; a bad episode is skipped with its reason while the others are imported.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -503,10 +502,10 @@ def _probe_shape(path: Path) -> tuple[int, int, int] | None:
         return None
 
 
-def _jpeg(img, quality: int) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    from rldskit import images
+
+    return images.encode(rgb, "jpeg", quality)
 
 
 _POOL = None
@@ -524,9 +523,7 @@ def _pool():
 
 
 def _encode_frame(frame, quality: int) -> bytes:
-    from PIL import Image as PILImage
-
-    return _jpeg(PILImage.fromarray(frame.to_ndarray(format="rgb24")), quality)
+    return _jpeg(frame.to_ndarray(format="rgb24"), quality)
 
 
 def _frames_at(path: Path, offset: float, times: np.ndarray, tol: float, quality: int,
@@ -958,7 +955,6 @@ def _import_episode(src: _Source, idx: int, spec, mapper: _Mapper, logger, out: 
     # image sources: spec path -> iterator of (bytes, frame_time, err) per row
     streams: dict[str, Iterator] = {}
     stats: dict[str, int] = {}
-    frame_ts: dict[str, np.ndarray] = {}
     for path, key in mapper.cam_map.items():
         f = src.features[key]
         if f.get("dtype") == "video":
@@ -1060,7 +1056,7 @@ def _ep_meta(spec, idx: int, task: str) -> dict[str, Any]:
 
 
 def _parquet_images(values: list, root: Path, quality: int, ts: np.ndarray) -> Iterator[tuple[bytes | None, float, float]]:
-    from PIL import Image as PILImage
+    from rldskit import images
 
     for v, t in zip(values, ts):
         data = None
@@ -1077,8 +1073,7 @@ def _parquet_images(values: list, root: Path, quality: int, ts: np.ndarray) -> I
         if data[:2] == b"\xff\xd8":
             yield data, float(t), 0.0
             continue
-        img = PILImage.open(io.BytesIO(data)).convert("RGB")
-        yield _jpeg(img, quality), float(t), 0.0
+        yield _jpeg(images.decode(data, 3), quality), float(t), 0.0
 
 
 def _ranges(xs: Sequence[int]) -> str:

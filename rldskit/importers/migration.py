@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -262,34 +261,27 @@ class Frames:
 
     def convert(self, data: bytes) -> tuple[bytes | None, str | None]:
         """Returns ``(encoded bytes, None)`` or ``(None, reason)``."""
-        from PIL import Image as PILImage
+        from rldskit import images
 
         try:
-            img = PILImage.open(io.BytesIO(data))
-            fmt = img.format
-            img.load()
+            info = images.verify(data)  # the header, then every byte decoded
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad frame
             return None, f"undecodable image: {type(e).__name__}: {e}"[:200]
-        w, h = img.size
+        h, w = info.height, info.width
         if (h, w) != (self.h, self.w):
             if not self.resize:
                 return None, f"frame is {h}x{w}, target is {self.h}x{self.w} and resizing is off"
             self.sizes[(h, w)] = self.sizes.get((h, w), 0) + 1
         want_mode = "L" if self.c == 1 else "RGB"
-        if (h, w) == (self.h, self.w) and img.mode == want_mode and (fmt or "").lower() == self.encoding:
+        if (h, w) == (self.h, self.w) and info.mode == want_mode and info.format == self.encoding:
             return data, None
         try:
-            img = img.convert(want_mode)
+            arr = images.decode(data, 1 if self.c == 1 else 3)
             if (h, w) != (self.h, self.w):
-                img = img.resize((self.w, self.h), PILImage.BILINEAR)
-            buf = io.BytesIO()
-            if self.encoding == "jpeg":
-                img.save(buf, format="JPEG", quality=JPEG_QUALITY)
-            else:
-                img.save(buf, format="PNG")
+                arr = images.resize(arr, (self.h, self.w))
+            return images.encode(arr, self.encoding, JPEG_QUALITY), None
         except Exception as e:  # noqa: BLE001
             return None, f"cannot re-encode image: {type(e).__name__}: {e}"[:200]
-        return buf.getvalue(), None
 
     def resize_record(self, count_frames: int) -> dict[str, Any] | None:
         if not self.sizes:
