@@ -423,15 +423,13 @@ def check_image_bytes(data: bytes, leaf: Image) -> tuple[str, str] | None:
 
     :func:`rldskit.images.verify` decodes it (JPEG in Pillow's draft mode: every entropy-coded
     byte is still parsed, so truncation and corruption are caught, at a fraction of the IDCT cost)."""
-    from PIL import UnidentifiedImageError
-
     from rldskit import images
 
     if not data:
         return "IMAGE_MISSING", "empty frame"
     try:
         info = images.verify(data)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
         return "IMAGE_UNDECODABLE", f"cannot decode: {e}"
     except Exception as e:  # noqa: BLE001 - hostile bytes can make Pillow raise anything
         return "IMAGE_UNDECODABLE", f"cannot decode: {type(e).__name__}: {e}"

@@ -243,3 +243,19 @@ def test_the_library_below_the_app_layer_does_not_import_trainers_or_the_deploym
             for target, line, _, _ in _imports(m):
                 assert not target.startswith("trainers"), f"{m}:{line} imports {target}"
                 assert not target.startswith("edge_runtime") or layer_of(target) == 0, f"{m}:{line} imports {target}"
+
+
+def test_only_the_image_codec_imports_pillow():
+    """One image codec (issue 13 item 3): rldskit.images, the edge core's frames (lazily, on a
+    development machine) and the report's placeholder drawing are the only Pillow users."""
+    allowed = {"rldskit.images", "edge_runtime.frames", "rldskit.report"}
+    users = set()
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "PIL" or n.startswith("PIL.") for n in names):
+                users.add(m)
+    assert users <= allowed, f"Pillow imported outside the codec: {sorted(users - allowed)}"
+    report = MODULES["rldskit.report"].read_text()
+    assert "Image.open" not in report and ".save(" not in report  # drawing only; decoding and encoding via images
