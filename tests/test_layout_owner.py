@@ -34,13 +34,6 @@ NAMES = {"dataset_info.json", "features.json", "rldskit_spec.json", "episodes.pa
 #: (file, name) -> why that file may still spell the name in code. Each entry must still be needed
 #: (the scan fails on a stale one, so the list shrinks as the code does).
 EXCEPTIONS = {
-    ("rldskit/exporters/lerobot.py", "dataset_info.json"): "_IDENTITY_FILES: the exporter is another engineer's; "
-                                                           "should become tfds_dir.LAYOUT_FILES minus stats.json",
-    ("rldskit/exporters/lerobot.py", "episodes.parquet"): "_IDENTITY_FILES (as above)",
-    ("rldskit/exporters/lerobot.py", "features.json"): "_IDENTITY_FILES (as above)",
-    ("rldskit/exporters/lerobot.py", "rldskit_spec.json"): "_IDENTITY_FILES (as above)",
-    ("rldskit/exporters/lerobot.py", "manifest.json"): "_IDENTITY_FILES and `root / 'manifest.json'` in the "
-                                                       "digest (as above)",
     ("rldskit/exporters/lerobot.py", "stats.json"): "LeRobot's own meta/stats.json, another format's file",
     ("rldskit/importers/donkey.py", "manifest.json"): "a Donkeycar tub's manifest.json, another format's file",
     ("rldskit/spec.py", "features.json"): "the default source label of EpisodeSpec.from_tfds_features_json for its "

@@ -69,6 +69,9 @@ from typing import Any
 
 import numpy as np
 
+from rldskit.formats.tfds_dir import (DATASET_INFO_FILE, EPISODE_INDEX_FILE, FEATURES_FILE, MANIFEST_FILE,
+                                    SPEC_FILE)
+
 __all__ = ["export_lerobot", "read_lerobot_v3", "add_export_parser", "pick_codec", "LeRobotExportError",
            "source_identity", "timestamp_start", "encode_offsets", "decode_offsets", "episode_timestamp_start",
            "PRESENT_PREFIX",
@@ -92,7 +95,8 @@ TIMESTAMP_START = "rldskit.timestamp_start"
 #: the same start, per episode, in meta/episodes (float64 seconds)
 TIMESTAMP_START_EPISODES = "rldskit/timestamp_start"
 #: files of a converted dataset whose digest identifies it when it has a manifest.json
-_IDENTITY_FILES = ("dataset_info.json", "episodes.parquet", "features.json", "manifest.json", "rldskit_spec.json")
+#: the converted folder's files whose bytes identify it (sorted by name: the digest's order)
+_IDENTITY_FILES = (DATASET_INFO_FILE, EPISODE_INDEX_FILE, FEATURES_FILE, MANIFEST_FILE, SPEC_FILE)
 
 
 class LeRobotExportError(ValueError):
@@ -269,7 +273,7 @@ def source_identity(dataset_path: str | os.PathLike) -> dict[str, str]:
     (it holds the sha256 of every shard), else over every file (hidden ones left out)."""
     root = Path(dataset_path).absolute()
     name = "/".join(p for p in (root.parent.name, root.name) if p)
-    if (root / "manifest.json").is_file():
+    if (root / MANIFEST_FILE).is_file():
         files = [root / n for n in _IDENTITY_FILES if (root / n).is_file()]
         covers = "metadata files (manifest.json lists every shard's sha256)"
     else:
