@@ -7,7 +7,8 @@ the functions that need them. The names below are loaded on first use.
 * :class:`Episode`: a columnar episode (``rldskit.episode``)
 * :class:`EpisodeLogger`: crash-safe capture on the robot (``rldskit.capture``)
 * :func:`read_episode`, :func:`scan_episode`, :func:`recover_episode`: the capture readers
-* :func:`validate`, :func:`validate_paths`, :class:`Gates`, :class:`Report`: validation (``rldskit.validation``)
+* :func:`validate`, :func:`validate_paths`, :func:`validate_dataset`, :class:`Gates`, :class:`Report`: validation
+  (``rldskit.validation``)
 * :func:`write_synthetic`: realistic synthetic episodes (``rldskit.synth``)
 * :func:`convert`: episodes -> TFDS RLDS dataset + step index (``rldskit.pipeline``, Beam imported lazily)
 * :func:`open` / :func:`open_dataset`: read a converted or Open-X RLDS dataset (``rldskit.formats.tfds_dir``)
@@ -34,7 +35,8 @@ _EXPORTS = {
     "read_episode": "rldskit.formats.capture_dir", "scan_episode": "rldskit.formats.capture_dir",
     "recover_episode": "rldskit.formats.capture_dir", "find_episodes": "rldskit.formats.capture_dir",
     "EpisodeError": "rldskit.formats.capture_dir",
-    "validate": "rldskit.validation", "validate_paths": "rldskit.validation", "Gates": "rldskit.validation",
+    "validate": "rldskit.validation", "validate_paths": "rldskit.validation", "validate_dataset": "rldskit.validation",
+    "Gates": "rldskit.validation",
     "Report": "rldskit.validation",
     "Issue": "rldskit.issues",
     "write_synthetic": "rldskit.synth",

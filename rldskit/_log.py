@@ -126,11 +126,17 @@ def beam_worker_log_level() -> str:
 #: write them before reading their options: ``WARNING:root:apitools not found, ...``
 _NOISE = re.compile(rb"^(?:DEBUG|INFO|WARNING):[A-Za-z_][\w.]*:")
 _TAGS = (b"DEBUG:", b"INFO:", b"WARNING:")
+#: TensorFlow's C++ logs below ERROR, written by absl before anything initialises it (so
+#: ``TF_CPP_MIN_LOG_LEVEL`` does not reach them): the banner, then glog-style ``I``/``W`` lines
+#: (``I0000 00:00:1796686502.428893    9498 port.cc:153] oneDNN custom operations are on...``)
+_ABSL_BANNER = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_NATIVE_NOISE = re.compile(rb"^[IW]\d{4} [\d:.]+ +\d+ [\w.\-/]+:\d+\] ")
 
 
 def is_noise(line: bytes) -> bool:
-    """Whether one line of stderr is a Python log record below ERROR in the default format."""
-    return bool(_NOISE.match(line))
+    """Whether one line of stderr is a Python log record below ERROR in the default format, or
+    one of TensorFlow's C++ (absl) log lines below ERROR."""
+    return bool(_NOISE.match(line)) or line.startswith(_ABSL_BANNER) or bool(_NATIVE_NOISE.match(line))
 
 
 def _undecided(start: bytes) -> bool:
@@ -138,7 +144,9 @@ def _undecided(start: bytes) -> bool:
     for t in _TAGS:
         if t.startswith(start) or (start.startswith(t) and re.fullmatch(rb"[\w.]*", start[len(t):])):
             return True
-    return False
+    if _ABSL_BANNER.startswith(start) or (start.startswith(b"WARNING:") and _ABSL_BANNER.startswith(start)):
+        return True
+    return bool(re.fullmatch(rb"[IW](?:\d{0,4}|\d{4} [\d:. ]*[\w.\-/:]*)", start))
 
 
 class _LinePump:
@@ -187,6 +195,13 @@ def _write_fd(fd: int, data: bytes) -> None:
         except OSError:
             return  # the terminal is gone: nothing left to show it on
         view = view[n:]
+
+
+def quiet_native_logs() -> contextlib.AbstractContextManager[None]:
+    """When quiet: :func:`filtered_stderr` for a program part that imports TensorFlow in this
+    process (the demo, ``rldskit pipeline``), whose C++ log lines bypass Python's logging. When
+    verbose: nothing."""
+    return filtered_stderr() if is_quiet() else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

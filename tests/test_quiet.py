@@ -193,3 +193,42 @@ def test_a_line_that_cannot_be_noise_is_passed_on_before_it_ends():
     assert b"".join(got).endswith(b"(1/s)\n")
     pump.feed(b"ING:root:apitools not found\nOSError: boom")
     assert b"".join(got).endswith(b"(1/s)\nOSError: boom")
+
+
+# --------------------------------------------------------------------------- TensorFlow's C++ logs
+
+
+_IMPORTS_TENSORFLOW = textwrap.dedent('''
+    import sys
+    from rldskit._log import configure, quiet_native_logs
+    configure(True if sys.argv[1] == "verbose" else None)
+    with quiet_native_logs():
+        import tensorflow as tf
+        tf.constant(1.0) + 1.0  # TensorFlow's C++ runtime starts and logs (oneDNN, absl)
+        print("rldskit: own line", file=sys.stderr)
+''')
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_tensorflows_native_logs_are_filtered_unless_verbose(mode):
+    """``make demo`` (step 5) and ``rldskit pipeline`` import TensorFlow in their own process; its
+    absl banner and oneDNN line bypass Python's logging and TF_CPP_MIN_LOG_LEVEL."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RLDSKIT_VERBOSE", "TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY")}
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_TENSORFLOW, mode], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "rldskit: own line" in proc.stderr
+    native = [ln for ln in proc.stderr.splitlines() if "absl::InitializeLog" in ln or "oneDNN" in ln]
+    if mode == "quiet":
+        assert native == [], proc.stderr
+    else:
+        assert native, "this TensorFlow no longer logs at start-up: the filter's patterns may be stale"
+
+
+def test_native_log_lines_below_error_are_noise_and_errors_are_not():
+    assert is_noise(b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+    assert is_noise(b"I0000 00:00:1796686502.428893    9498 port.cc:153] oneDNN custom operations are on.\n")
+    assert is_noise(b"W0000 00:00:1796686502.4 12 tensorflow/core/x.cc:88] slow\n")
+    for kept in (b"E0000 00:00:1796686502.428893    9498 port.cc:153] failed\n",
+                 b"F0000 00:00:1.0 1 a.cc:1] fatal\n", b"I see nothing wrong\n", b"WARNING: disk almost full\n"):
+        assert not is_noise(kept), kept

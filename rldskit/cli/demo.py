@@ -203,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="show the libraries' logs (Beam, TensorFlow, absl; also in Beam's worker processes)")
     args = ap.parse_args(argv)
-    from rldskit._log import configure
+    from rldskit._log import configure, quiet_native_logs
 
     configure(args.verbose or None)  # before TensorFlow, Beam or torch is imported; RLDSKIT_VERBOSE=1 also works
+    with quiet_native_logs():  # TensorFlow (step 5) logs from C++ past Python's logging: filtered unless -v
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)

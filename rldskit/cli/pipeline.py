@@ -295,12 +295,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                  (("bundle",) if args.export else ())
         if args.export and not args.train:
             stages = stages + ("export",)
+    from rldskit._log import quiet_native_logs
+
     try:
-        res = run_pipeline(episodes, Path(args.out), name=args.name, schema=args.schema, stages=stages,
-                           train=args.train, preset=args.preset, max_steps=args.max_steps,
-                           export_dir=Path(args.export) if args.export else None, version=args.version,
-                           key=Path(args.key) if args.key else None, runner=args.runner, force=args.force,
-                           allow_quarantine=args.allow_quarantine)
+        with quiet_native_logs():  # training imports JAX or torch (and TensorFlow's C++ logs) in this process
+            res = run_pipeline(episodes, Path(args.out), name=args.name, schema=args.schema, stages=stages,
+                               train=args.train, preset=args.preset, max_steps=args.max_steps,
+                               export_dir=Path(args.export) if args.export else None, version=args.version,
+                               key=Path(args.key) if args.key else None, runner=args.runner, force=args.force,
+                               allow_quarantine=args.allow_quarantine)
     except GateFailed as e:
         print(f"pipeline stopped: {e}", file=sys.stderr)
         return 1
