@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "edge_runtime": 1,
     # 2: schema, episodes, images, issue codes, atomic writes, logging (and the lazy ``rldskit`` facade)
     "rldskit": 2, "rldskit._io": 2, "rldskit._log": 2, "rldskit.issues": 2, "rldskit.spec": 2,
-    "rldskit.episode": 2, "rldskit.images": 2,
+    "rldskit.episode": 2, "rldskit.images": 2, "rldskit.paths": 2,
     # 3: formats: the capture folder and its logger, TFRecord, ArrayRecord, tf.Example, the dataset folder, the index
     "rldskit.formats": 3, "rldskit.capture": 3,
     # 4: validation
