@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     # 5: what reads and writes datasets: conversion, loaders, statistics, report, hub, archives, importers, exporters
     "rldskit.pipeline": 5, "rldskit.loaders": 5, "rldskit.stats": 5, "rldskit.report": 5, "rldskit.hub": 5,
     "rldskit.archive": 5, "rldskit.importers": 5, "rldskit.exporters": 5, "rldskit.synth": 5,
+    "rldskit.dataset_cache": 5,
     # 6: trainers, and the TFDS builder (a Beam program over the pipeline)
     "trainers": 6, "builders": 6,
     # 7: the app layer: the CLI, the staged pipeline command, the demo

@@ -226,6 +226,8 @@ def build(path: str | os.PathLike, config: LoaderConfig, *, stats: Mapping | str
           worker_count: int = 0, num_threads: int | None = None, prefetch_buffer_size: int | None = None,
           reuse_buffers: bool = True, cache_frames: bool | None = None) -> Loader:
     """The :class:`Loader` of the dataset at ``path`` that ``config`` describes (module docstring).
+    ``path`` may be a ``gs://`` or ``s3://`` URL: the loader reads a verified local copy
+    (:func:`rldskit.dataset_cache.local_copy`, filled on first use and reused).
 
     ``stats``: normalisation statistics when ``config.normalize`` is set (a mapping or a
     ``stats.json`` path; default the dataset's ``stats.json``, else its train split's statistics:
@@ -235,6 +237,9 @@ def build(path: str | os.PathLike, config: LoaderConfig, *, stats: Mapping | str
     ``cache_frames`` (see :class:`~rldskit.loaders.windowing.WindowMaker`)."""
     if worker_count < 0:
         raise ValueError(f"worker_count must be >= 0, got {worker_count}")
+    from rldskit.dataset_cache import local_copy
+
+    path = local_copy(path)  # gs:// and s3://: a verified local copy, filled once (ArrayRecord reads local files)
     index = StepIndex.load(path, parse_split(config.split)[0])
     selected = index.steps_of(select_episodes(index, config.split, config.episode_filter))
     if len(selected) == 0:
