@@ -279,7 +279,7 @@ def loader_config(cfg: TrainConfig, split: str | None = None, *, shuffle: bool =
     from rldskit.loaders import LoaderConfig, StepIndex
 
     if io is None:
-        io = policy_io(StepIndex.load(cfg.data, base_split(cfg.train_split)).spec)
+        io = policy_io(StepIndex.load(dataset_dir(cfg), base_split(cfg.train_split)).spec)
     return LoaderConfig(kind="windows", history=cfg.history, action_horizon=cfg.action_horizon,
                         batch_size=batch_size or cfg.batch_size, seed=cfg.seed if seed is None else seed,
                         shuffle=shuffle, num_epochs=num_epochs, decode_images=True, resize=tuple(cfg.image_size),
@@ -294,10 +294,10 @@ def make_loader(cfg: TrainConfig, split: str | None = None, *, shuffle: bool = T
     statistics of the training selection only (:func:`train_stats`) and ``cfg.num_threads``."""
     from rldskit.loaders import StepIndex, build
 
-    index = StepIndex.load(cfg.data, base_split(cfg.train_split))  # the spec, and the normalisation statistics
+    index = StepIndex.load(dataset_dir(cfg), base_split(cfg.train_split))  # the spec, and the normalisation statistics
     config = loader_config(cfg, split, shuffle=shuffle, num_epochs=num_epochs, seed=seed, batch_size=batch_size,
                            drop_remainder=drop_remainder, io=policy_io(index.spec))
-    return build(cfg.data, config, stats=train_stats(cfg, index), num_threads=cfg.num_threads)
+    return build(cfg.data, config, stats=train_stats(cfg, index), num_threads=cfg.num_threads)  # a URL: its copy
 
 
 #: key of :func:`train_stats`' record of the selection it covers (a dict, like every value of a
@@ -321,7 +321,7 @@ def train_stats(cfg: TrainConfig, index=None) -> dict[str, Any]:
 
     from rldskit.loaders import StepIndex, compute_stats, parse_split, select_episodes
 
-    index = index if index is not None else StepIndex.load(cfg.data, parse_split(cfg.train_split)[0])
+    index = index if index is not None else StepIndex.load(dataset_dir(cfg), parse_split(cfg.train_split)[0])
     positions = select_episodes(index, cfg.train_split)
     steps = index.steps_of(positions)
     if len(steps) == 0:
@@ -333,6 +333,28 @@ def train_stats(cfg: TrainConfig, index=None) -> dict[str, Any]:
                             "first_episode": ids[0], "last_episode": ids[-1],
                             "episode_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
     return stats
+
+
+def dataset_dir(cfg: TrainConfig) -> Path:
+    """The local folder of ``cfg.data``: itself, or for a ``gs://``/``s3://`` URL its verified local
+    copy (:func:`rldskit.dataset_cache.local_copy`, filled on first use and reused). ``cfg.data``
+    itself, as given, is what runs record."""
+    from rldskit.dataset_cache import local_copy
+
+    return local_copy(cfg.data)
+
+
+def dataset_record(cfg: TrainConfig, spec_id: str) -> dict[str, Any]:
+    """What a policy document says of its dataset: ``name`` and ``version`` (the version folder and
+    the one above it), ``spec_id`` and ``path`` (a bucket URL as given; a local folder resolved)."""
+    from rldskit import paths
+
+    if paths.is_remote(cfg.data):
+        where = str(paths.location(cfg.data))
+        parts = where.rstrip("/").split("/")
+        return {"name": parts[-2], "version": parts[-1], "spec_id": spec_id, "path": where}
+    p = Path(cfg.data).resolve()
+    return {"name": p.parent.name, "version": p.name, "spec_id": spec_id, "path": str(p)}
 
 
 def base_split(split: str) -> str:

@@ -138,7 +138,7 @@ def _io(cfg: TrainConfig) -> common.PolicyIO:
     from rldskit.loaders import StepIndex
 
     _check_data(cfg)
-    return common.policy_io(StepIndex.load(cfg.data, common.base_split(cfg.train_split)).spec)
+    return common.policy_io(StepIndex.load(common.dataset_dir(cfg), common.base_split(cfg.train_split)).spec)
 
 
 def new_model(cfg: TrainConfig, io: common.PolicyIO | None = None) -> ConvMLP:
@@ -296,6 +296,11 @@ def _make_train_step(graphdef, tx, replicated):
 def _check_data(cfg: TrainConfig) -> None:
     if not cfg.data:
         raise ConfigError("no dataset: pass --data DATA (an `rldskit convert` version folder) or set 'data'")
+    from rldskit import paths
+
+    if paths.is_remote(cfg.data):
+        common.dataset_dir(cfg)  # fills or reuses the local copy; a PathError names the URL
+        return
     p = Path(cfg.data)
     if not p.is_dir():
         raise FileNotFoundError(f"{cfg.data}: no such dataset folder (expected an `rldskit convert` output "
@@ -307,8 +312,7 @@ def _check_data(cfg: TrainConfig) -> None:
 
 
 def _dataset_info(cfg: TrainConfig, io: common.PolicyIO) -> dict[str, Any]:
-    p = Path(cfg.data).resolve()
-    return {"name": p.parent.name, "version": p.name, "spec_id": io.spec_id, "path": str(p)}
+    return common.dataset_record(cfg, io.spec_id)
 
 
 def _checkpoint_arrays(params, opt_state, rng) -> dict[str, np.ndarray]:

@@ -288,7 +288,7 @@ def _io_and_arch(cfg: TrainConfig) -> tuple[common.PolicyIO, dict[str, Any]]:
 
     if not cfg.data:
         raise ConfigError("config: no dataset (set 'data' or pass --data)")
-    index = StepIndex.load(cfg.data, common.base_split(cfg.train_split))
+    index = StepIndex.load(common.dataset_dir(cfg), common.base_split(cfg.train_split))
     io = common.policy_io(index.spec)
     return io, common.architecture(cfg, io)
 
@@ -853,6 +853,8 @@ def _train(cfg: TrainConfig, base: str | None, *, resume: bool, stop_after: int 
                                 "target_modules": lora_target_modules(model)}
         idx = loader.index
         dataset = {"name": idx.path.parent.name, "version": idx.path.name, "spec_id": io.spec_id, "path": str(idx.path)}
+        if _is_remote(cfg.data):  # the URL, never the local copy's path
+            dataset = common.dataset_record(cfg, io.spec_id)
         policy = common.policy_document(cfg, io, loader.normalizer, framework="torch", step=step, dataset=dataset,
                                         evidence=evidence)
         summary["export"] = str(common.write_export(out / "export", export_weights(model), policy))
@@ -973,8 +975,7 @@ def sanity_check(cfg: TrainConfig, base: str | None = None, *, full: bool = Fals
         out.mkdir(parents=True, exist_ok=True)
         common.atomic_write_json(out / "proof_of_learning.json", proof)
         if proof["passed"]:
-            p = Path(scfg.data).resolve()
-            dataset = {"name": p.parent.name, "version": p.name, "spec_id": io.spec_id, "path": str(p)}
+            dataset = common.dataset_record(scfg, io.spec_id)
             doc = common.policy_document(scfg, io, normalizer, framework="torch", step=proof["steps"],
                                          dataset=dataset, evidence={"proof_of_learning": proof})
             common.write_export(out / "export", export_weights(model), doc)
@@ -1123,3 +1124,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _is_remote(data: str | None) -> bool:
+    from rldskit import paths
+
+    return bool(data) and paths.is_remote(data)

@@ -26,6 +26,7 @@ Two concepts:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -239,11 +240,12 @@ def build(path: str | os.PathLike, config: LoaderConfig, *, stats: Mapping | str
         raise ValueError(f"worker_count must be >= 0, got {worker_count}")
     from rldskit.dataset_cache import local_copy
 
-    path = local_copy(path)  # gs:// and s3://: a verified local copy, filled once (ArrayRecord reads local files)
-    index = StepIndex.load(path, parse_split(config.split)[0])
+    local = local_copy(path)  # gs:// and s3://: a verified local copy, filled once (ArrayRecord reads local files)
+    index = StepIndex.load(local, parse_split(config.split)[0])
+    named = index.path if local == Path(os.fspath(path)) else path  # messages name a bucket URL, not the copy
     selected = index.steps_of(select_episodes(index, config.split, config.episode_filter))
     if len(selected) == 0:
-        raise ValueError(f"{index.path}: split {config.split!r}{' and episode_filter' if config.episode_filter else ''} "
+        raise ValueError(f"{named}: split {config.split!r}{' and episode_filter' if config.episode_filter else ''} "
                          "select no steps")
     normalizer = None
     if config.normalize is not None:
