@@ -46,7 +46,7 @@ test-fast: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m "not slow"
 
 # Every benchmark, one after another (each prints rldskit's path, its baseline and their ratio; medians).
-BENCHMARKS = validate convert load stats import train edge arrayrecord_compression
+BENCHMARKS = validate convert load stats import train edge arrayrecord_compression remote
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(PY) bench/$$b.py; done
 
