@@ -144,7 +144,7 @@ def _undecided(start: bytes) -> bool:
     for t in _TAGS:
         if t.startswith(start) or (start.startswith(t) and re.fullmatch(rb"[\w.]*", start[len(t):])):
             return True
-    if _ABSL_BANNER.startswith(start) or (start.startswith(b"WARNING:") and _ABSL_BANNER.startswith(start)):
+    if _ABSL_BANNER.startswith(start):
         return True
     return bool(re.fullmatch(rb"[IW](?:\d{0,4}|\d{4} [\d:. ]*[\w.\-/:]*)", start))
 

@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from rldskit import paths
 
@@ -170,7 +169,3 @@ def _fill(url: str, listing: dict[str, int], copy: Path, progress: Callable[[int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-def describe(copy: Path) -> dict[str, Any]:
-    """The record of a finished copy (``url`` and the listing it was made from)."""
-    return json.loads((copy / RECORD_FILE).read_bytes())

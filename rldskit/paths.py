@@ -243,29 +243,28 @@ def write_bytes(where: str | os.PathLike | Location, data: bytes) -> None:
         raise _fail(loc, "write", e) from None
 
 
+def _look_up(where: str | os.PathLike | Location, test: str) -> bool:
+    """``os.path.<test>`` of a local path, the filesystem's ``<test>`` in a store (``exists`` or
+    ``isdir``, which fsspec and os.path both name so)."""
+    loc = location(where)
+    if not loc.remote:
+        return getattr(os.path, test)(loc.key)
+    try:
+        fs, path = filesystem(loc)
+        return bool(getattr(fs, test)(path))
+    except Exception as e:  # noqa: BLE001
+        raise _fail(loc, "look up", e) from None
+
+
 def exists(where: str | os.PathLike | Location) -> bool:
     """Whether a file/object or a folder/prefix is there. :class:`PathError` when the store cannot
     be asked (unreachable, refused)."""
-    loc = location(where)
-    if not loc.remote:
-        return os.path.exists(loc.key)
-    try:
-        fs, path = filesystem(loc)
-        return bool(fs.exists(path))
-    except Exception as e:  # noqa: BLE001
-        raise _fail(loc, "look up", e) from None
+    return _look_up(where, "exists")
 
 
 def is_dir(where: str | os.PathLike | Location) -> bool:
     """Whether ``where`` is a folder (locally) or a prefix that holds objects (in a store)."""
-    loc = location(where)
-    if not loc.remote:
-        return os.path.isdir(loc.key)
-    try:
-        fs, path = filesystem(loc)
-        return bool(fs.isdir(path))
-    except Exception as e:  # noqa: BLE001
-        raise _fail(loc, "look up", e) from None
+    return _look_up(where, "isdir")
 
 
 def list_files(where: str | os.PathLike | Location) -> list[tuple[str, int]]:

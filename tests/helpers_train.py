@@ -81,3 +81,26 @@ def held_out_shift_dataset(root: Path, **kw) -> tuple[Path, Path]:
     """``(dataset version folder, capture folder)`` of :func:`write_held_out_shift_episodes`."""
     cap = write_held_out_shift_episodes(root, **kw)
     return convert([cap], root / "data", name="shifted", runner="inline", formats=("array_record",)).path, cap
+
+
+def train_briefly(framework: str, data: str | Path, out: Path, **overrides) -> dict:
+    """Train the ``dev`` preset on ``data`` (a folder or a bucket URL) for 2 steps with ``framework``
+    (``"jax"`` or ``"torch"``, full fine-tuning) and return the exported ``policy.json`` document.
+    ``overrides`` are config keys; skips when the framework is not installed."""
+    import pytest
+
+    from trainers import common
+
+    cfg = common.load_config(None, "dev", {"data": str(data), "out": str(out), "max_steps": 2, "log_every": 1,
+                                           "checkpoint_every": 1000, **overrides})
+    if framework == "jax":
+        pytest.importorskip("jax")
+        from trainers import jax_bc
+
+        export = jax_bc.train(cfg)["export"]
+    else:
+        pytest.importorskip("torch")
+        from trainers import torch_lora
+
+        export = torch_lora.train(cfg, None, full=True)["export"]
+    return common.read_export(export)[1]

@@ -131,28 +131,15 @@ def test_the_trainers_train_on_a_bucket_url_and_record_the_url(converted, s3_buc
                                                                framework):
     """``--data s3://...``: the trainers read the verified local copy; the exported policy names the
     dataset by its URL (never the cache's local path) and normalises exactly as from disk."""
-    from trainers import common
+    from helpers_train import train_briefly
 
     monkeypatch.setenv(dataset_cache.CACHE_DIR_ENV, str(tmp_path / "cache"))
     url = f"{s3_bucket}/train/cached/1.0.0"
     _upload(converted, url)
 
     def train(data: str, out: Path) -> dict:
-        cfg = common.load_config(None, "dev", {"data": data, "out": str(out), "max_steps": 2, "log_every": 1,
-                                               "checkpoint_every": 1000, "batch_size": 4, "history": 1,
-                                               "action_horizon": 2, "image_size": [24, 32],
-                                               "train_split": "train[:75%]", "eval_split": "train[75%:]"})
-        if framework == "jax":
-            pytest.importorskip("jax")
-            from trainers import jax_bc
-
-            export = jax_bc.train(cfg)["export"]
-        else:
-            pytest.importorskip("torch")
-            from trainers import torch_lora
-
-            export = torch_lora.train(cfg, None, full=True)["export"]
-        return common.read_export(export)[1]
+        return train_briefly(framework, data, out, batch_size=4, history=1, action_horizon=2, image_size=[24, 32],
+                             train_split="train[:75%]", eval_split="train[75%:]")
 
     remote, local = train(url, tmp_path / "remote"), train(str(converted), tmp_path / "local")
     assert remote["dataset"]["path"] == url and (remote["dataset"]["name"], remote["dataset"]["version"]) == (

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("grain")
 
-from helpers_train import held_out_shift_dataset  # noqa: E402
+from helpers_train import held_out_shift_dataset, train_briefly  # noqa: E402
 
 from rldskit import read_episode  # noqa: E402
 from rldskit.loaders import StepIndex  # noqa: E402
@@ -37,20 +37,9 @@ def _actions(cap: Path, prefix: str | None = None) -> np.ndarray:
 
 
 def _train(framework: str, data: Path, out: Path) -> dict:
-    cfg = common.load_config(None, "dev", {"data": str(data), "out": str(out), "max_steps": 2, "log_every": 1,
-                                           "checkpoint_every": 1000})
+    cfg = common.load_config(None, "dev", {"data": str(data), "out": str(out)})
     assert (cfg.train_split, cfg.eval_split) == ("train[:90%]", "train[90%:]")  # the defaults under test
-    if framework == "jax":
-        pytest.importorskip("jax")
-        from trainers import jax_bc
-
-        export = jax_bc.train(cfg)["export"]
-    else:
-        pytest.importorskip("torch")
-        from trainers import torch_lora
-
-        export = torch_lora.train(cfg, None, full=True)["export"]
-    return common.read_export(export)[1]
+    return train_briefly(framework, data, out)
 
 
 @pytest.mark.parametrize("stats_json", [None, "whole train split"])

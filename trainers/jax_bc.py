@@ -311,10 +311,6 @@ def _check_data(cfg: TrainConfig) -> None:
         raise FileNotFoundError(f"{cfg.data}: not a converted rldskit dataset (no {EPISODE_INDEX_FILE})")
 
 
-def _dataset_info(cfg: TrainConfig, io: common.PolicyIO) -> dict[str, Any]:
-    return common.dataset_record(cfg, io.spec_id)
-
-
 def _checkpoint_arrays(params, opt_state, rng) -> dict[str, np.ndarray]:
     params, opt_state, rng = jax.device_get((params, opt_state, rng))
     arrays = {f"params/{k}": np.asarray(v) for k, v in _flat(params).items()}
@@ -523,7 +519,7 @@ def _write_export(cfg: TrainConfig, io: common.PolicyIO, normalizer, model: Conv
         except ValueError as e:  # an eval split that selects nothing
             evidence["eval_error"] = str(e)
     doc = common.policy_document(cfg, io, normalizer, framework=FRAMEWORK, step=step,
-                                 dataset=_dataset_info(cfg, io), evidence=evidence)
+                                 dataset=common.dataset_record(cfg, io.spec_id), evidence=evidence)
     path = common.write_export(Path(cfg.out) / "export", export_weights(model), doc)
     _log(f"export {path}", quiet)
     return path

@@ -851,9 +851,11 @@ def _train(cfg: TrainConfig, base: str | None, *, resume: bool, stop_after: int 
         if not full:
             evidence["lora"] = {"r": cfg.lora_rank, "alpha": cfg.lora_alpha, "merged": True,
                                 "target_modules": lora_target_modules(model)}
+        from rldskit import paths
+
         idx = loader.index
         dataset = {"name": idx.path.parent.name, "version": idx.path.name, "spec_id": io.spec_id, "path": str(idx.path)}
-        if _is_remote(cfg.data):  # the URL, never the local copy's path
+        if paths.is_remote(cfg.data):  # the URL, never the local copy's path
             dataset = common.dataset_record(cfg, io.spec_id)
         policy = common.policy_document(cfg, io, loader.normalizer, framework="torch", step=step, dataset=dataset,
                                         evidence=evidence)
@@ -1125,8 +1127,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _is_remote(data: str | None) -> bool:
-    from rldskit import paths
-
-    return bool(data) and paths.is_remote(data)

@@ -637,10 +637,7 @@ def cmd_import_donkey(args: argparse.Namespace) -> int:
                 raise MigrationError(f"--mapping {args.mapping}: must be a JSON object")
         report = import_donkey(args.tubs, args.out, target=args.target, mapping=mapping,
                                environment_id=args.environment_id, resize=not args.no_resize)
-    except MigrationError as e:
-        print(f"rldskit import donkey: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except (MigrationError, OSError) as e:
         print(f"rldskit import donkey: {e}", file=sys.stderr)
         return 2
     print_report(report, args.json)
