@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from object_stores import s3_bucket, s3_server  # noqa: F401 - fixtures
+from object_stores import gcs_bucket, gcs_server, s3_bucket, s3_server  # noqa: F401 - fixtures
 from rldskit import dataset_cache, paths
 from rldskit.paths import PathError
 
@@ -45,10 +45,13 @@ def _batches(path, **kw):
                                                                    seed=1, num_epochs=1, **kw)]
 
 
-def test_windows_from_a_bucket_equal_windows_from_disk_and_the_copy_is_reused(converted, s3_bucket, tmp_path,
+@pytest.mark.parametrize("store", ["s3", "gs"])
+def test_windows_from_a_bucket_equal_windows_from_disk_and_the_copy_is_reused(converted, store, request, tmp_path,
                                                                               monkeypatch):
+    pytest.importorskip("gcsfs")
+    bucket = request.getfixturevalue("s3_bucket" if store == "s3" else "gcs_bucket")
     monkeypatch.setenv(dataset_cache.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    url = f"{s3_bucket}/data/cached/1.0.0"
+    url = f"{bucket}/data/cached/1.0.0"
     rels = _upload(converted, url)
     remote, local = _batches(url), _batches(converted)
     assert len(remote) == len(local) > 0
@@ -57,7 +60,7 @@ def test_windows_from_a_bucket_equal_windows_from_disk_and_the_copy_is_reused(co
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     copy = dataset_cache.local_copy(url)
-    assert copy == tmp_path / "cache" / "s3" / s3_bucket.removeprefix("s3://") / "data/cached/1.0.0"
+    assert copy == tmp_path / "cache" / store / bucket.removeprefix(f"{store}://") / "data/cached/1.0.0"
     assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file()) == sorted(
         [*rels, dataset_cache.RECORD_FILE])
     reads = []
